@@ -1,0 +1,221 @@
+"""Configuration: dataclass defaults < YAML file < command line (`--set section.key=value`).
+
+Unknown keys are errors that name the file and the key. String values may use ${VAR} and
+${VAR:-default}, expanded from the environment (so caches and secrets stay out of configs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("MEDCOT_CACHE") or str(Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "medcot")
+
+
+@dataclass
+class StoreConfig:
+    url: str = field(default="runs/medcot.db", metadata={"help": "SQLAlchemy URL, or a file path for SQLite"})
+
+
+@dataclass
+class ServerConfig:
+    managed: bool = field(default=False, metadata={"help": "start/stop a vLLM server ourselves"})
+    python: str = field(default="", metadata={"help": "python with vllm; '' = $MEDCOT_VLLM_PYTHON, else the CPU venv"})
+    model: str = field(default="", metadata={"help": "model folder or Hub name to serve"})
+    served_model_name: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8011
+    max_model_len: int = 2048
+    dtype: str = "bfloat16"
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    startup_timeout_s: float = 600.0
+    log_file: str = ""
+
+
+@dataclass
+class LLMConfig:
+    endpoints: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8011/v1"])
+    model: str = ""
+    api_key_env: str = field(default="MEDCOT_API_KEY", metadata={"help": "env var holding the API key"})
+    concurrency: int = 16
+    timeout_s: float = 600.0
+    connect_timeout_s: float = 10.0
+    max_retries: int = 5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    strategy: str = field(default="least-busy", metadata={"help": "least-busy | round-robin"})
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("least-busy", "round-robin"):
+            raise ConfigError(f"llm.strategy must be least-busy or round-robin, not {self.strategy!r}")
+        if self.concurrency < 1:
+            raise ConfigError("llm.concurrency must be >= 1")
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 1024
+    seed: int | None = 0
+
+
+@dataclass
+class GenerateConfig:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prompt: str = "cot"
+    limit: int | None = field(default=None, metadata={"help": "generate for at most N items (None = all)"})
+
+
+@dataclass
+class SeedsConfig:
+    files: list[str] = field(default_factory=list)
+    per_file_limit: int | None = None
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/out"
+    stages: list[str] = field(default_factory=lambda: ["seeds", "generate", "export"])
+
+
+@dataclass
+class Config:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    source: str = field(default="", metadata={"help": "the YAML file this came from"})
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_vars(value: str) -> str:
+    def repl(m: re.Match[str]) -> str:
+        if m.group(1) == "MEDCOT_CACHE" and not os.environ.get("MEDCOT_CACHE"):
+            return default_cache_dir()
+        return os.environ.get(m.group(1)) or (m.group(2) or "")
+    return os.path.expanduser(_VAR.sub(repl, value))
+
+
+def _build(cls: type, data: Any, where: str, origin: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: '{where or 'top level'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key '{_join(where, unknown[0])}' (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(hints[k], v, _join(where, k), origin) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{origin}: '{where}': {exc}") from exc
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _coerce(tp: Any, value: Any, where: str, origin: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, origin)
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{origin}: '{where}' must not be null")
+    base = next((a for a in args if a is not type(None)), tp) if type(None) in args else tp
+    origin_type = typing.get_origin(base) or base
+    if isinstance(value, str):
+        value = expand_vars(value)
+    if origin_type is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{origin}: '{where}' must be a list")
+        return [expand_vars(v) if isinstance(v, str) else v for v in value]
+    if origin_type is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{origin}: '{where}' must be a mapping")
+        return {str(k): expand_vars(v) if isinstance(v, str) else v for k, v in value.items()}
+    if origin_type is bool and not isinstance(value, bool):
+        raise ConfigError(f"{origin}: '{where}' must be true or false, got {value!r}")
+    if origin_type in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"{origin}: '{where}' must be a number, got {value!r}")
+    if origin_type is int and isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"{origin}: '{where}' must be an integer, got {value!r}")
+    if origin_type in (int, float, str):
+        return origin_type(value)
+    return value
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        _set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, cls: type = Config) -> Any:
+    """Defaults < YAML < overrides. Errors name the file and the key."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        origin = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: no such config file") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        data = loaded or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    if overrides:
+        origin = f"{origin} + --set"
+        data = _merge(data, parse_overrides(overrides))
+    if "source" in data:
+        raise ConfigError(f"{origin}: unknown key 'source'")
+    cfg = _build(cls, data, "", origin)
+    if hasattr(cfg, "source"):
+        cfg.source = str(path or "")
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,195 @@
+"""The store: the system of record (SQLite with WAL by default, PostgreSQL by URL)."""
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, func, insert, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from curation.db import Base, CallRow, EventRow, GenerationRow, ItemRow
+from curation.records import CallRecord, Event, Generation, Item
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, lower case, no whitespace: the key for exact-duplicate checks."""
+    return "".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def store_url(url_or_path: str) -> str:
+    """Accept a SQLAlchemy URL or a plain file path (taken as SQLite)."""
+    if "://" in url_or_path:
+        if url_or_path.startswith("postgresql://"):
+            return "postgresql+psycopg://" + url_or_path[len("postgresql://"):]
+        return url_or_path
+    path = Path(url_or_path).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _load_table_modules() -> None:
+    """Import every module that adds tables to Base, so create_all makes them all."""
+    import importlib
+
+    for name in ("curation.review.models",):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name not in (name, name.rsplit(".", 1)[0]):
+                raise
+
+
+class Store:
+    def __init__(self, url: str, create: bool = True):
+        self.url = store_url(url)
+        self.engine: Engine = create_engine(self.url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        if create:
+            _load_table_modules()
+            Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # ---- items -------------------------------------------------------------
+    def add_items(self, items: Iterable[Item], event_kind: str = "imported", actor: str = "system") -> int:
+        """Insert items and their creation events in ONE transaction (all or nothing)."""
+        rows = [_item_row(it) for it in items]
+        if not rows:
+            return 0
+        with self.transaction() as conn:
+            conn.execute(insert(ItemRow), rows)
+            conn.execute(insert(EventRow), [
+                _event_row(Event(kind=event_kind, item_id=r["id"], stage="seeds", actor=actor)) for r in rows])
+        return len(rows)
+
+    def existing_questions(self) -> dict[str, str]:
+        """normalised question -> item id, for duplicate checks."""
+        with self.engine.connect() as conn:
+            return {q: i for i, q in conn.execute(select(ItemRow.id, ItemRow.norm_question))}
+
+    def existing_ids(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.scalars(select(ItemRow.id)))
+
+    def items(self, stage: str | None = None, ids: Iterable[str] | None = None) -> list[Item]:
+        query = select(ItemRow).order_by(ItemRow.created_at, ItemRow.id)
+        if stage is not None:
+            query = query.where(ItemRow.stage == stage)
+        if ids is not None:
+            query = query.where(ItemRow.id.in_(list(ids)))
+        with self.engine.connect() as conn:
+            return [_item_from_row(r) for r in conn.execute(query).mappings()]
+
+    def count_items(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.scalar(select(func.count()).select_from(ItemRow)) or 0
+
+    def stage_counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(ItemRow.stage, func.count()).group_by(ItemRow.stage))
+            return {stage: n for stage, n in rows}
+
+    # ---- LLM calls (the response cache) --------------------------------------
+    def get_call(self, cache_key: str) -> tuple[int, CallRecord] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(CallRow).where(CallRow.cache_key == cache_key)).mappings().first()
+        if row is None:
+            return None
+        fields = {k: row[k] for k in CallRecord.__slots__}  # type: ignore[attr-defined]
+        return row["id"], CallRecord(**fields)
+
+    def record_call(self, call: CallRecord) -> int:
+        """Store a call; a concurrent duplicate (same cache key) returns the existing row's id."""
+        try:
+            with self.transaction() as conn:
+                return conn.execute(insert(CallRow).values(**asdict(call)).returning(CallRow.id)).scalar_one()
+        except IntegrityError:
+            found = self.get_call(call.cache_key)
+            if found is None:
+                raise
+            return found[0]
+
+    def call_totals(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            n, p, c = conn.execute(select(func.count(), func.coalesce(func.sum(CallRow.prompt_tokens), 0),
+                                          func.coalesce(func.sum(CallRow.completion_tokens), 0))).one()
+        return {"calls": n, "prompt_tokens": p, "completion_tokens": c}
+
+    # ---- generations ----------------------------------------------------------
+    def generated_item_ids(self, purpose: str = "initial") -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.scalars(select(GenerationRow.item_id).where(GenerationRow.purpose == purpose)))
+
+    def save_generation(self, gen: Generation, new_stage: str = "generated") -> bool:
+        """Store a generation, move the item's stage and log the event in one transaction.
+        Returns False when that generation already exists (a rerun), changing nothing."""
+        try:
+            with self.transaction() as conn:
+                conn.execute(insert(GenerationRow).values(**asdict(gen)))
+                conn.execute(ItemRow.__table__.update().where(ItemRow.id == gen.item_id).values(stage=new_stage))
+                conn.execute(insert(EventRow).values(**_event_row(Event(
+                    kind=new_stage, item_id=gen.item_id, stage="generate", actor="llm", actor_kind="llm",
+                    payload={"call_id": gen.call_id, "answer": gen.answer, "agrees_with_key": gen.agrees_with_key,
+                             "prompt_version": gen.prompt_version}))))
+            return True
+        except IntegrityError:
+            return False
+
+    def generations(self, purpose: str = "initial") -> list[Generation]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(GenerationRow).where(GenerationRow.purpose == purpose)
+                                .order_by(GenerationRow.item_id)).mappings().all()
+        return [Generation(**{k: r[k] for k in Generation.__slots__}) for r in rows]  # type: ignore[attr-defined]
+
+    # ---- events -------------------------------------------------------------
+    def log_event(self, ev: Event, conn: Connection | None = None) -> None:
+        if conn is not None:
+            conn.execute(insert(EventRow).values(**_event_row(ev)))
+            return
+        with self.transaction() as c:
+            c.execute(insert(EventRow).values(**_event_row(ev)))
+
+    def events(self, item_id: str | None = None, kind: str | None = None) -> list[Event]:
+        query = select(EventRow).order_by(EventRow.id)
+        if item_id is not None:
+            query = query.where(EventRow.item_id == item_id)
+        if kind is not None:
+            query = query.where(EventRow.kind == kind)
+        with self.engine.connect() as conn:
+            return [Event(kind=r["kind"], item_id=r["item_id"], stage=r["stage"], actor=r["actor"],
+                          actor_kind=r["actor_kind"], payload=r["payload"]) for r in conn.execute(query).mappings()]
+
+
+def _item_row(item: Item) -> dict[str, Any]:
+    row = asdict(item)
+    row["norm_question"] = normalize_text(item.question)
+    return row
+
+
+def _item_from_row(row: Any) -> Item:
+    return Item(**{k: row[k] for k in Item.__slots__})  # type: ignore[attr-defined]
+
+
+def _event_row(ev: Event) -> dict[str, Any]:
+    return asdict(ev)
