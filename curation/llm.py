@@ -17,6 +17,7 @@ import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -119,6 +120,10 @@ class LLMClient:
         self._sem = asyncio.Semaphore(cfg.concurrency)
         self._rr = 0
         self._session: aiohttp.ClientSession | None = None
+        # Awaited once before the first real request (e.g. start the vLLM server lazily, so a
+        # rerun that is all cache hits never starts it).
+        self.before_first_request: Callable[[], Awaitable[None]] | None = None
+        self._ready_lock = asyncio.Lock()
 
     async def __aenter__(self) -> "LLMClient":
         headers = {"Content-Type": "application/json"}
@@ -147,6 +152,8 @@ class LLMClient:
                                     endpoint=call.endpoint)
                 self.stats.add(req.stage, result)
                 return result
+        if self.before_first_request is not None:
+            await self._ensure_ready()
         async with self._sem:
             result, retries = await self._request_with_retries(req)
         result.cache_key = key
@@ -159,6 +166,15 @@ class LLMClient:
                 completion_tokens=result.completion_tokens, latency_s=result.latency_s, retries=retries))
         self.stats.add(req.stage, result)
         return result
+
+    async def _ensure_ready(self) -> None:
+        async with self._ready_lock:  # the others wait here until the first caller's hook is done
+            if self.before_first_request is not None:
+                await self.before_first_request()
+                self.before_first_request = None
+
+    def set_endpoints(self, urls: list[str]) -> None:
+        self.endpoints = [_Endpoint(u) for u in urls]
 
     def _pick(self) -> _Endpoint:
         now = time.monotonic()

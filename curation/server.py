@@ -34,6 +34,15 @@ _POLL_S = 0.5
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies (even by SIGKILL), so no server is orphaned."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class ServerError(RuntimeError):
     """The vLLM server could not be found, started, or became unhealthy."""
 
@@ -194,7 +203,8 @@ class VLLMServer:
         self._log.flush()
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         except OSError as exc:
             self._close_log()
             self.proc = None

@@ -8,12 +8,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, insert, select
+from sqlalchemy import bindparam, create_engine, event, func, insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from curation.db import Base, CallRow, EventRow, GenerationRow, ItemRow
 from curation.records import CallRecord, Event, Generation, Item
+
+# The LLM-call hot path (a cache lookup before and one insert after every request) uses Core statements built
+# once: building ORM statements per call (`insert(...).values(**row)`) cost more than the SQL itself.
+_CALLS = CallRow.__table__
+_CALL_FIELDS: tuple[str, ...] = CallRecord.__slots__  # type: ignore[attr-defined]
+_GET_CALL = select(_CALLS.c.id, *(_CALLS.c[k] for k in _CALL_FIELDS)).where(_CALLS.c.cache_key == bindparam("key"))
+_INSERT_CALL = insert(_CALLS).returning(_CALLS.c.id)
 
 
 def normalize_text(text: str) -> str:
@@ -113,17 +120,16 @@ class Store:
     # ---- LLM calls (the response cache) --------------------------------------
     def get_call(self, cache_key: str) -> tuple[int, CallRecord] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(CallRow).where(CallRow.cache_key == cache_key)).mappings().first()
+            row = conn.execute(_GET_CALL, {"key": cache_key}).first()
         if row is None:
             return None
-        fields = {k: row[k] for k in CallRecord.__slots__}  # type: ignore[attr-defined]
-        return row["id"], CallRecord(**fields)
+        return row[0], CallRecord(*row[1:])
 
     def record_call(self, call: CallRecord) -> int:
         """Store a call; a concurrent duplicate (same cache key) returns the existing row's id."""
         try:
             with self.transaction() as conn:
-                return conn.execute(insert(CallRow).values(**asdict(call)).returning(CallRow.id)).scalar_one()
+                return conn.execute(_INSERT_CALL, {k: getattr(call, k) for k in _CALL_FIELDS}).scalar_one()
         except IntegrityError:
             found = self.get_call(call.cache_key)
             if found is None:

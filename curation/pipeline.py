@@ -1,0 +1,140 @@
+"""`medcot run`: every configured stage, in order, on one store; the vLLM server started and
+stopped around the LLM stages when the config says so; a markdown + JSON report at the end."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curation.config import Config, ConfigError
+from curation.llm import LLMClient
+from curation.seeds import import_seeds
+from curation.store import Store
+
+
+@dataclass
+class RunContext:
+    cfg: Config
+    store: Store
+    out_dir: Path
+    progress: bool = True
+    client: LLMClient | None = None
+    sections: dict[str, Any] = field(default_factory=dict)  # stage -> summary for the report
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+StageFn = Callable[[RunContext], Awaitable[Any]]
+STAGES: dict[str, tuple[StageFn, bool]] = {}  # name -> (function, needs the LLM)
+
+
+def stage(name: str, needs_llm: bool = False) -> Callable[[StageFn], StageFn]:
+    def register(fn: StageFn) -> StageFn:
+        STAGES[name] = (fn, needs_llm)
+        return fn
+    return register
+
+
+@stage("seeds")
+async def _seeds(ctx: RunContext) -> dict[str, Any]:
+    imported = {}
+    for path in ctx.cfg.seeds.files:
+        imported[path] = import_seeds(Path(path), ctx.store, limit=ctx.cfg.seeds.per_file_limit, skip_existing=True)
+    return {"imported": imported, "items_in_store": ctx.store.count_items()}
+
+
+@stage("generate", needs_llm=True)
+async def _generate(ctx: RunContext) -> dict[str, Any]:
+    from curation.generate import run_generate, summary_dict
+    assert ctx.client is not None
+    summary = await run_generate(ctx.store, ctx.client, ctx.cfg.generate, ctx.cfg.llm.model, ctx.progress)
+    return summary_dict(summary)
+
+
+@stage("export")
+async def _export(ctx: RunContext) -> dict[str, Any]:
+    from dataset_builder.minimal import export_minimal
+    folder = export_minimal(ctx.store, ctx.out_dir / "dataset")
+    return {"dataset_dir": str(folder)}
+
+
+def check_stages(names: list[str]) -> None:
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ConfigError(f"run.stages: unknown stage(s) {unknown} (known: {', '.join(STAGES)})")
+
+
+class LazyServer:
+    """The managed vLLM server, started on the first real request (a rerun of cached work never
+    starts it) and stopped when the run ends, whatever the outcome."""
+
+    def __init__(self, cfg: Config, log_dir: Path):
+        from curation.server import VLLMServer
+        self.server = VLLMServer(cfg.server, log_path=cfg.server.log_file or log_dir / "vllm.log")
+        cfg.llm.endpoints = [self.server.base_url]
+        cfg.llm.model = self.server.model_name
+        self.started = False
+
+    async def start(self) -> None:
+        print(f"starting vLLM ({self.server.model_name}) at {self.server.base_url} ...", flush=True)
+        await asyncio.to_thread(self.server.start)
+        self.started = True
+        print("vLLM server ready", flush=True)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+async def _run_stages(ctx: RunContext, names: list[str], server: LazyServer | None) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        for name in names:
+            fn, needs_llm = STAGES[name]
+            if needs_llm and ctx.client is None:
+                ctx.client = await stack.enter_async_context(LLMClient(ctx.cfg.llm, ctx.store))
+                if server is not None:
+                    ctx.client.before_first_request = server.start
+            start = time.perf_counter()
+            print(f"== stage {name}", flush=True)
+            ctx.sections[name] = await fn(ctx)
+            ctx.timings[name] = round(time.perf_counter() - start, 2)
+
+
+def run_pipeline(cfg: Config, progress: bool = True) -> dict[str, Any]:
+    check_stages(cfg.run.stages)
+    out_dir = Path(cfg.run.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(cfg.store.url)
+    ctx = RunContext(cfg=cfg, store=store, out_dir=out_dir, progress=progress)
+    start = time.perf_counter()
+    needs_llm = any(STAGES[n][1] for n in cfg.run.stages)
+    server = LazyServer(cfg, out_dir / "logs") if needs_llm and cfg.server.managed else None
+    try:
+        asyncio.run(_run_stages(ctx, cfg.run.stages, server))
+    finally:
+        if server is not None:
+            server.stop()
+        report = build_report(ctx, time.perf_counter() - start)
+        write_report(report, out_dir)
+        store.close()
+    return report
+
+
+def build_report(ctx: RunContext, seconds: float) -> dict[str, Any]:
+    stats = ctx.client.stats.as_dict() if ctx.client else {"requests": 0, "cache_hits": 0}
+    return {"config": ctx.cfg.source, "store": ctx.store.url, "seconds": round(seconds, 2),
+            "stage_seconds": ctx.timings, "items": ctx.store.count_items(), "stages": ctx.store.stage_counts(),
+            "llm": stats, "stored_calls": ctx.store.call_totals(), "sections": ctx.sections,
+            "completed": list(ctx.sections)}
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> Path:
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n",
+                                         encoding="utf-8")
+    from curation.report import render_markdown
+    path = out_dir / "report.md"
+    path.write_text(render_markdown(report), encoding="utf-8")
+    return path

@@ -1,0 +1,232 @@
+"""A scripted OpenAI-compatible server (aiohttp.web) for unit tests and benchmarks; zero latency by default.
+
+In-process (tests):
+
+    async with ScriptedServer() as srv:              # listens on 127.0.0.1, a free port
+        srv.push(Status(503), Reply("fine"))         # the next two chat requests, in order
+        srv.responder = lambda body: Reply("B")      # after the queue: answer per request
+        ... LLMClient(LLMConfig(endpoints=[srv.base_url])) ...
+        srv.count, srv.by_path, srv.bodies, srv.max_in_flight
+
+Separate process (benchmarks): `python -m curation.scripted_server --port 0 [--mode echo]` prints
+`READY http://127.0.0.1:PORT/v1` on stdout once listening, and serves until SIGTERM/SIGINT.
+
+A behaviour is one of Reply, Status, Hang, Malformed, Drop, an aiohttp `web.Response`, a dict (sent as the
+JSON body as is) or a str (shorthand for Reply(str)). A responder is `(request_json) -> behaviour`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Union
+
+from aiohttp import web
+
+
+@dataclass
+class Reply:
+    """A normal chat completion; reasoning goes in vLLM's `reasoning` and/or DeepSeek's `reasoning_content`."""
+
+    content: str = "The answer is (A)."
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    prompt_tokens: int = 42
+    completion_tokens: int = 7
+    finish_reason: str = "stop"
+    delay_s: float = 0.0
+
+
+@dataclass
+class Status:
+    """An HTTP error status (429, 500, 503, 400 ...), optionally with a Retry-After header (seconds)."""
+
+    status: int = 500
+    retry_after: float | None = None
+    body: str = '{"error": {"message": "scripted error"}}'
+
+
+@dataclass
+class Hang:
+    """Sleep longer than the client timeout, then answer normally (if anyone is still listening)."""
+
+    seconds: float = 30.0
+
+
+@dataclass
+class Malformed:
+    """HTTP 200 with a body that is not valid JSON."""
+
+    body: str = '{"choices": [{"message": '
+
+
+@dataclass
+class Drop:
+    """Close the connection without answering."""
+
+
+Behaviour = Union[Reply, Status, Hang, Malformed, Drop, web.StreamResponse, dict, str]
+Responder = Callable[[dict[str, Any]], Behaviour]
+
+
+def completion(reply: Reply, model: str = "scripted") -> dict[str, Any]:
+    """The OpenAI chat.completion body for a Reply."""
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+    if reply.reasoning is not None:
+        message["reasoning"] = reply.reasoning
+    if reply.reasoning_content is not None:
+        message["reasoning_content"] = reply.reasoning_content
+    return {"id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
+            "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                      "total_tokens": reply.prompt_tokens + reply.completion_tokens}}
+
+
+def echo(_body: dict[str, Any]) -> Behaviour:
+    """The default responder: a fixed short answer with plausible usage numbers."""
+    return Reply()
+
+
+_ECHO_BYTES = json.dumps(completion(Reply(), "echo")).encode()
+
+
+class ScriptedServer:
+    """Queue (`push`) first, then `responder`; counts requests, records bodies, tracks requests in flight."""
+
+    def __init__(self, responder: Responder | None = None, host: str = "127.0.0.1", port: int = 0,
+                 record_bodies: bool = True, fast_echo: bool = False) -> None:
+        self.responder: Responder = responder or echo
+        self.host, self.port = host, port
+        self.record_bodies = record_bodies
+        self.fast_echo = fast_echo  # benchmark mode: skip JSON parsing, send precomputed echo bytes
+        self.queue: deque[Behaviour] = deque()
+        self.count = 0
+        self.by_path: Counter[str] = Counter()
+        self.bodies: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def push(self, *behaviours: Behaviour) -> None:
+        self.queue.extend(behaviours)
+
+    def reset(self) -> None:
+        self.queue.clear()
+        self.count, self.in_flight, self.max_in_flight = 0, 0, 0
+        self.by_path.clear()
+        self.bodies.clear()
+
+    async def start(self) -> str:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
+        await site.start()
+        server = site._server
+        assert server is not None and getattr(server, "sockets", None)
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> "ScriptedServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        self.by_path[request.path] += 1
+        return web.Response(text="OK")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.by_path[request.path] += 1
+        return web.json_response({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.count += 1
+        self.by_path[request.path] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.fast_echo and not self.queue:
+                await request.read()
+                return web.Response(body=_ECHO_BYTES, content_type="application/json")
+            body: dict[str, Any] = await request.json()
+            if self.record_bodies:
+                self.bodies.append(body)
+            behaviour = self.queue.popleft() if self.queue else self.responder(body)
+            return await self._perform(request, behaviour, str(body.get("model", "scripted")))
+        finally:
+            self.in_flight -= 1
+
+    async def _perform(self, request: web.Request, b: Behaviour, model: str) -> web.StreamResponse:
+        if isinstance(b, web.StreamResponse):
+            return b
+        if isinstance(b, str):
+            b = Reply(b)
+        if isinstance(b, dict):
+            return web.json_response(b)
+        if isinstance(b, Reply):
+            if b.delay_s:
+                await asyncio.sleep(b.delay_s)
+            return web.json_response(completion(b, model))
+        if isinstance(b, Status):
+            headers = {"Retry-After": f"{b.retry_after:g}"} if b.retry_after is not None else None
+            return web.Response(status=b.status, text=b.body, content_type="application/json", headers=headers)
+        if isinstance(b, Hang):
+            await asyncio.sleep(b.seconds)
+            return web.json_response(completion(Reply(), model))
+        if isinstance(b, Malformed):
+            return web.Response(text=b.body, content_type="application/json")
+        if isinstance(b, Drop):
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError  # nothing is written; the client sees the connection close
+        raise TypeError(f"unknown scripted behaviour: {b!r}")
+
+
+async def _serve(host: str, port: int, mode: str) -> None:
+    server = ScriptedServer(host=host, port=port, record_bodies=False, fast_echo=(mode == "echo"))
+    await server.start()
+    print(f"READY {server.base_url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 = a free port (printed in the READY line)")
+    parser.add_argument("--mode", choices=["echo"], default="echo")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop  # type: ignore[import-not-found]
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(_serve(args.host, args.port, args.mode))
+
+
+if __name__ == "__main__":
+    main()
