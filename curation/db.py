@@ -91,3 +91,41 @@ class EventRow(Base):
     actor_kind: Mapped[str] = mapped_column(String(20))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CandidateRow(Base):
+    """An expansion candidate that was REJECTED by a check (accepted ones become items)."""
+
+    __tablename__ = "candidates"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    family_id: Mapped[str] = mapped_column(String(200), index=True)
+    parent_id: Mapped[str] = mapped_column(String(200))
+    aspect: Mapped[str | None] = mapped_column(String(60))
+    call_id: Mapped[int | None] = mapped_column(ForeignKey("llm_calls.id"))
+    slot: Mapped[int] = mapped_column(Integer, default=0)  # which of the factor's candidates this was
+    check: Mapped[str] = mapped_column(String(40))  # "json" | "structure" | "near_duplicate" | ...
+    reason: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # what the model produced (or raw text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AttemptRow(Base):
+    """One five-strike attempt: the question answered again WITHOUT explanation."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("item_id", "round", "attempt_no", name="uq_attempt"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer, default=0)  # > 0 when re-run after an edit
+    attempt_no: Mapped[int] = mapped_column(Integer)  # 1..5
+    template: Mapped[str] = mapped_column(String(80))  # prompt tag of the template used
+    permutation: Mapped[list[Any]] = mapped_column(JSON)  # shown letter i -> original letter permutation[i]
+    seed: Mapped[int | None] = mapped_column(Integer)
+    call_id: Mapped[int | None] = mapped_column(ForeignKey("llm_calls.id"))
+    raw: Mapped[str] = mapped_column(Text)
+    reasoning: Mapped[str | None] = mapped_column(Text)
+    shown_letter: Mapped[str | None] = mapped_column(String(1))  # extracted, in the shown order
+    letter: Mapped[str | None] = mapped_column(String(1))  # mapped back to the original order
+    matched_by: Mapped[str] = mapped_column(String(60))
+    correct: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -62,7 +62,23 @@ async def _export(ctx: RunContext) -> dict[str, Any]:
     return {"dataset_dir": str(folder)}
 
 
+# Modules that register more stages with @stage (expansion, five-strike, review, release, training, eval).
+_STAGE_MODULES = ["curation.expand", "curation.specialty", "curation.strikes", "curation.review.stages",
+                  "dataset_builder.stages", "training.stages", "eval.stages"]
+
+
+def _load_stage_modules() -> None:
+    import importlib
+    for name in _STAGE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise
+
+
 def check_stages(names: list[str]) -> None:
+    _load_stage_modules()
     unknown = [n for n in names if n not in STAGES]
     if unknown:
         raise ConfigError(f"run.stages: unknown stage(s) {unknown} (known: {', '.join(STAGES)})")

@@ -129,3 +129,17 @@ class Event:
     actor: str = "system"
     actor_kind: str = "system"  # "system" | "llm" | "human" | "demo"
     payload: dict[str, Any] = field(default_factory=dict)
+
+
+# Values of an item's `stage` (items.stage), in pipeline order (paper sections in brackets):
+ITEM_STAGES = (
+    "imported",        # seed stored [2.1]
+    "generated",       # has its initial CoT [2.2] (expanded items too)
+    "reviewed",        # initial review complete by >= N reviewers [2.3.1]
+    "strikes_passed",  # answered correctly within five strikes [2.3.2]
+    "escalated",       # failed five strikes: goes to the panel [2.3.3]
+    "panel_done",      # panel scored / accepted / revised / regenerated [2.3.4]
+    "adjudication",    # reviewers disagree: awaits an admin or a third expert [2.3.5]
+    "approved",        # consensus reached [2.3.5]
+    "removed",         # discarded, or no consensus [2.3.5]
+)

@@ -1,0 +1,1 @@
+"""Expert review: web app, assignment, consensus, agreement."""

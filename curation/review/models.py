@@ -1,0 +1,107 @@
+"""Tables of the expert review (paper 2.3). Reviews, scores, revisions and decisions are append-only:
+a new row supersedes an old one, nothing is updated in place.
+
+Actor kinds: "human" (a real expert; the only kind that counts toward expert-validated),
+"llm" (an LLM judge used for triage or as the demo's stand-in), "demo" (a scripted stand-in).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from curation.db import Base, utcnow
+
+ROLES = ("reviewer", "panelist", "admin")
+ACTOR_KINDS = ("human", "llm", "demo")
+PHASES = ("review", "panel", "adjudication")
+BINARY_DIMENSIONS = ("relevance", "correctness", "sufficiency")
+RUBRIC_DIMENSIONS = ("medical_correctness", "reasoning_structure", "information_sufficiency",
+                     "terminology_clarity", "clinical_utility")
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    role: Mapped[str] = mapped_column(String(20))  # ROLES
+    kind: Mapped[str] = mapped_column(String(20), default="human")  # ACTOR_KINDS
+    password_hash: Mapped[str | None] = mapped_column(String(300))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AssignmentRow(Base):
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("item_id", "user_id", "phase", name="uq_assignment"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    phase: Mapped[str] = mapped_column(String(20))  # PHASES
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReviewRow(Base):
+    """Initial review (paper 2.3.1): three binary judgements, the reviewer's answer, wording approval."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (UniqueConstraint("item_id", "user_id", "phase", name="uq_review"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    phase: Mapped[str] = mapped_column(String(20), default="review")
+    relevance: Mapped[int] = mapped_column(Integer)  # 1/0
+    correctness: Mapped[int] = mapped_column(Integer)  # 1/0
+    sufficiency: Mapped[int] = mapped_column(Integer)  # 1/0
+    answer: Mapped[str | None] = mapped_column(String(1))  # the letter the reviewer holds correct
+    approve: Mapped[bool] = mapped_column(Boolean)  # approves the (possibly edited) wording
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RubricScoreRow(Base):
+    """Panel (paper 2.3.4): five dimensions scored 0-2 by each panelist, per scoring round."""
+
+    __tablename__ = "rubric_scores"
+    __table_args__ = (UniqueConstraint("item_id", "user_id", "round", "dimension", name="uq_rubric"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer, default=0)  # bumps after a revision/regeneration
+    dimension: Mapped[str] = mapped_column(String(40))  # RUBRIC_DIMENSIONS
+    score: Mapped[int] = mapped_column(Integer)  # 0..2
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RevisionRow(Base):
+    """An edit of question / options / answer / cot (who, when, diff)."""
+
+    __tablename__ = "revisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    field: Mapped[str] = mapped_column(String(20))  # "question" | "options" | "answer" | "cot"
+    kind: Mapped[str] = mapped_column(String(20), default="edit")  # "edit" | "regenerated"
+    old: Mapped[Any] = mapped_column(JSON)
+    new: Mapped[Any] = mapped_column(JSON)
+    diff: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DecisionRow(Base):
+    """Panel actions and consensus outcomes. The latest row per item is its current decision."""
+
+    __tablename__ = "decisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # "accept" | "revise" | "regenerate" | "discard" (panel actions);
+    # "approved" | "adjudication" | "removed" (consensus outcomes)
+    kind: Mapped[str] = mapped_column(String(30))
+    human_approvals: Mapped[int] = mapped_column(Integer, default=0)
+    automated_approvals: Mapped[int] = mapped_column(Integer, default=0)
+    expert_validated: Mapped[bool] = mapped_column(Boolean, default=False)  # >= 2 HUMAN approvals
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
