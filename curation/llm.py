@@ -9,6 +9,7 @@ aiohttp rather than the openai SDK/httpx: it keeps client overhead low at high c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from curation.records import CallRecord, ChatRequest, ChatResult
 from curation.store import Store
 
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
-_THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.S)
+_THINK = re.compile(r"^\s*(?:<think>)?(.*?)</think>\s*", re.S)  # R1 often has <think> in the prompt
 
 
 class LLMError(RuntimeError):
@@ -54,7 +55,7 @@ def split_reasoning(message: dict[str, Any]) -> tuple[str, str | None]:
     """(content, reasoning) from whichever field the server used."""
     content = message.get("content") or ""
     reasoning = message.get("reasoning_content") or message.get("reasoning")
-    m = _THINK.match(content)
+    m = _THINK.match(content) if "</think>" in content else None
     if m and not reasoning:
         reasoning, content = m.group(1).strip(), content[m.end():]
     return content, reasoning
@@ -124,6 +125,7 @@ class LLMClient:
         # rerun that is all cache hits never starts it).
         self.before_first_request: Callable[[], Awaitable[None]] | None = None
         self._ready_lock = asyncio.Lock()
+        self._inflight: dict[str, asyncio.Future[ChatResult]] = {}
 
     async def __aenter__(self) -> "LLMClient":
         headers = {"Content-Type": "application/json"}
@@ -152,6 +154,25 @@ class LLMClient:
                                     endpoint=call.endpoint)
                 self.stats.add(req.stage, result)
                 return result
+        if key in self._inflight:  # an identical request is on its way: share its answer
+            shared = dataclasses.replace(await asyncio.shield(self._inflight[key]), cached=True)
+            self.stats.add(req.stage, shared)
+            return shared
+        future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            result = await self._fetch_and_record(req, key)
+            future.set_result(result)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters (if any) re-raise it themselves
+            raise
+        finally:
+            del self._inflight[key]
+        self.stats.add(req.stage, result)
+        return result
+
+    async def _fetch_and_record(self, req: ChatRequest, key: str) -> ChatResult:
         if self.before_first_request is not None:
             await self._ensure_ready()
         async with self._sem:
@@ -164,7 +185,6 @@ class LLMClient:
                 prompt_version=req.prompt_version, content=result.content, reasoning=result.reasoning,
                 finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens, latency_s=result.latency_s, retries=retries))
-        self.stats.add(req.stage, result)
         return result
 
     async def _ensure_ready(self) -> None:
@@ -229,6 +249,7 @@ class LLMClient:
         if status in RETRY_STATUSES:
             raise _RetryableError(f"HTTP {status}: {body[:200]!r}", retry_after)
         if status >= 400:
+            self.stats.failures += 1
             raise LLMError(f"{endpoint.url}: HTTP {status}: {body[:500].decode('utf-8', 'replace')}")
         return _parse_reply(body, latency, endpoint.base_url)
 
