@@ -136,6 +136,9 @@ def run(config_path: str | None, overrides: tuple[str, ...], no_progress: bool) 
                 click.echo(f"dataset folder: {section[key]}")
     click.echo(f"LLM requests this run: {report['llm'].get('requests', 0)}; "
                f"cache hits: {report['llm'].get('cache_hits', 0)}; items: {report['items']}")
+    if cfg.server.managed:
+        click.echo("This was the embedded CPU default (small model, few items). Full size: serve DeepSeek-R1 with "
+                   "vLLM on GPUs and run `medcot run --config configs/deepseek-r1.yaml` (see README).")
 
 
 @main.command()

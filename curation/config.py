@@ -86,6 +86,106 @@ class SeedsConfig:
     per_file_limit: int | None = None
 
 
+# ---- expansion, specialty, five-strike (issue 3) -------------------------------------------------------
+EXPAND_ASPECTS = ["indication", "contraindication", "mechanism", "diagnosis", "next_step", "complication",
+                  "numeric_variant", "differential", "adverse_effect"]
+
+
+# Sampling defaults per use. Subclasses (not default_factory lambdas) so that a partial override in YAML or
+# --set (e.g. `strikes.sampling.max_tokens=256`) keeps the other defaults of that use.
+@dataclass
+class FactsSampling(SamplingConfig):
+    temperature: float = 0.2
+    max_tokens: int = 512
+
+
+@dataclass
+class QuestionSampling(SamplingConfig):
+    temperature: float = 0.8
+    max_tokens: int = 512
+
+
+@dataclass
+class SpecialtySampling(SamplingConfig):
+    temperature: float = 0.0
+    max_tokens: int = 48
+    seed: int | None = None
+
+
+@dataclass
+class StrikeSampling(SamplingConfig):
+    temperature: float = 0.7
+    max_tokens: int = 512
+    seed: int | None = field(default=0, metadata={"help": "attempt k uses seed + k (None: unseeded)"})
+
+
+@dataclass
+class ExpandConfig:
+    factor: int = field(default=9, metadata={"help": "new questions per seed (9 -> a family of 10)"})
+    aspects: list[str] = field(default_factory=lambda: list(EXPAND_ASPECTS),
+                               metadata={"help": "aspects rotated over the slots (names in expand_questions.yaml)"})
+    facts_prompt: str = "expand_facts"
+    questions_prompt: str = "expand_questions"
+    facts_sampling: FactsSampling = field(default_factory=FactsSampling)
+    questions_sampling: QuestionSampling = field(default_factory=QuestionSampling)
+    max_facts: int = field(default=8, metadata={"help": "at most this many key facts (and steps) per seed"})
+    ngram: int = field(default=3, metadata={"help": "character n-gram size of the similarity checks"})
+    near_duplicate_threshold: float = field(
+        default=0.7, metadata={"help": "n-gram Jaccard (stem + options) >= this vs the seed or a sibling: dropped"})
+    copy_threshold: float = field(default=0.85, metadata={"help": "stem n-gram Jaccard >= this vs the seed stem: "
+                                                                   "a copy of the seed (structure check)"})
+    generate_cot: bool = field(default=True, metadata={"help": "answer accepted items with a CoT right away"})
+    limit: int | None = field(default=None, metadata={"help": "expand at most N families (None = all)"})
+
+    def __post_init__(self) -> None:
+        if self.factor < 1:
+            raise ConfigError("expand.factor must be >= 1")
+        if not self.aspects or len(set(self.aspects)) != len(self.aspects):
+            raise ConfigError("expand.aspects must be a non-empty list without repeats")
+        if not 0.0 < self.near_duplicate_threshold <= 1.0 or not 0.0 < self.copy_threshold <= 1.0:
+            raise ConfigError("expand.near_duplicate_threshold and expand.copy_threshold must be in (0, 1]")
+        if self.ngram < 1 or self.max_facts < 1:
+            raise ConfigError("expand.ngram and expand.max_facts must be >= 1")
+
+
+@dataclass
+class SpecialtyConfig:
+    taxonomy: str = field(default="", metadata={"help": "taxonomy YAML; '' = the bundled curation/taxonomy.yaml"})
+    prompt: str = "specialty"
+    use_subject_map: bool = field(default=True, metadata={"help": "seeds with a mapped source subject skip the LLM"})
+    sampling: SpecialtySampling = field(default_factory=SpecialtySampling)
+
+    def __post_init__(self) -> None:
+        if self.sampling.max_tokens < 8:
+            raise ConfigError("specialty.sampling.max_tokens must be >= 8 (room for the JSON answer)")
+
+
+@dataclass
+class StrikesConfig:
+    max_attempts: int = field(default=5, metadata={"help": "attempts before an item is escalated to the panel"})
+    templates: list[str] = field(default_factory=lambda: ["strike_direct", "strike_stepwise", "strike_exam"],
+                                 metadata={"help": "prompt files rotated over the attempts (>= 3 recommended)"})
+    eligible_stages: list[str] = field(
+        default_factory=lambda: ["reviewed", "generated"],
+        metadata={"help": "item stages that are re-answered; set [reviewed] when the review stage runs first"})
+    shuffle_options: bool = field(default=True, metadata={"help": "attempts 2.. show a recorded option permutation"})
+    sampling: StrikeSampling = field(default_factory=StrikeSampling)
+    round: int = field(default=0, metadata={"help": "> 0: a new round of five strikes (e.g. after an edit)"})
+    limit: int | None = field(default=None, metadata={"help": "re-answer at most N items (None = all)"})
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_attempts <= 20:
+            raise ConfigError("strikes.max_attempts must be between 1 and 20")
+        if not self.templates:
+            raise ConfigError("strikes.templates must name at least one prompt file")
+        from curation.records import ITEM_STAGES
+        bad = [s for s in self.eligible_stages if s not in ITEM_STAGES]
+        if bad or not self.eligible_stages:
+            raise ConfigError(f"strikes.eligible_stages: unknown or empty {bad} (stages: {', '.join(ITEM_STAGES)})")
+        if self.round < 0:
+            raise ConfigError("strikes.round must be >= 0")
+
+
 @dataclass
 class RunConfig:
     out_dir: str = "runs/out"
@@ -99,6 +199,9 @@ class Config:
     llm: LLMConfig = field(default_factory=LLMConfig)
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    expand: ExpandConfig = field(default_factory=ExpandConfig)
+    specialty: SpecialtyConfig = field(default_factory=SpecialtyConfig)
+    strikes: StrikesConfig = field(default_factory=StrikesConfig)
     run: RunConfig = field(default_factory=RunConfig)
     source: str = field(default="", metadata={"help": "the YAML file this came from"})
 
