@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, create_engine, event, func, insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from curation.db import Base, CallRow, EventRow, GenerationRow, ItemRow
+from curation.db import AttemptRow, Base, CallRow, CandidateRow, EventRow, GenerationRow, ItemRow
 from curation.records import CallRecord, Event, Generation, Item
 
 # The LLM-call hot path (a cache lookup before and one insert after every request) uses Core statements built
@@ -21,6 +21,7 @@ _CALLS = CallRow.__table__
 _CALL_FIELDS: tuple[str, ...] = CallRecord.__slots__  # type: ignore[attr-defined]
 _GET_CALL = select(_CALLS.c.id, *(_CALLS.c[k] for k in _CALL_FIELDS)).where(_CALLS.c.cache_key == bindparam("key"))
 _INSERT_CALL = insert(_CALLS).returning(_CALLS.c.id)
+_ATTEMPT_FIELDS = tuple(c.name for c in AttemptRow.__table__.columns if c.name not in ("id", "created_at"))
 
 
 def normalize_text(text: str) -> str:
@@ -186,6 +187,68 @@ class Store:
             return [Event(kind=r["kind"], item_id=r["item_id"], stage=r["stage"], actor=r["actor"],
                           actor_kind=r["actor_kind"], payload=r["payload"]) for r in conn.execute(query).mappings()]
 
+
+    # ---- expansion, specialty, five-strike (issue 3) ------------------------------------------------------
+    # Candidate and Attempt are the typed records of curation.expand / curation.strikes (imported lazily:
+    # those modules import this one).
+    def save_expansion(self, items: list[Item], item_events: list[Event], rejects: list[Any], done: Event) -> bool:
+        """A family's expansion in ONE transaction: new items, their lineage events, rejected candidates and
+        the family's `expansion_done` event. False (nothing written) if the items already exist."""
+        try:
+            with self.transaction() as conn:
+                if items:
+                    conn.execute(insert(ItemRow), [_item_row(it) for it in items])
+                if rejects:
+                    conn.execute(insert(CandidateRow), [asdict(c) for c in rejects])
+                conn.execute(insert(EventRow), [_event_row(ev) for ev in [*item_events, done]])
+            return True
+        except IntegrityError:
+            return False
+
+    def expanded_families(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.scalars(select(EventRow.item_id).where(EventRow.kind == "expansion_done")))
+
+    def rejected_candidates(self, family_id: str | None = None) -> list[Any]:
+        from curation.expand import Candidate
+        query = select(CandidateRow).order_by(CandidateRow.id)
+        if family_id is not None:
+            query = query.where(CandidateRow.family_id == family_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [Candidate(**{k: r[k] for k in Candidate.__slots__}) for r in rows]  # type: ignore[attr-defined]
+
+    def set_specialty(self, item_id: str, specialty: str, ev: Event) -> None:
+        with self.transaction() as conn:
+            conn.execute(ItemRow.__table__.update().where(ItemRow.id == item_id).values(specialty=specialty))
+            self.log_event(ev, conn)
+
+    def save_attempt(self, attempt: Any, new_stage: str | None = None, ev: Event | None = None) -> bool:
+        """A five-strike attempt, with the item's stage change and its event when it resolves the item, in
+        ONE transaction. False (nothing written) when that attempt is already stored."""
+        row = {k: getattr(attempt, k) for k in _ATTEMPT_FIELDS}
+        try:
+            with self.transaction() as conn:
+                conn.execute(insert(AttemptRow), [row])
+                if new_stage is not None:
+                    conn.execute(ItemRow.__table__.update().where(ItemRow.id == attempt.item_id)
+                                 .values(stage=new_stage))
+                if ev is not None:
+                    self.log_event(ev, conn)
+            return True
+        except IntegrityError:
+            return False
+
+    def attempts(self, round: int = 0) -> list[Any]:
+        """Every attempt of a round, with the token counts of its call, ordered by item and attempt."""
+        from curation.strikes import Attempt
+        query = (select(AttemptRow, func.coalesce(CallRow.prompt_tokens, 0).label("prompt_tokens"),
+                        func.coalesce(CallRow.completion_tokens, 0).label("completion_tokens"))
+                 .outerjoin(CallRow, CallRow.id == AttemptRow.call_id).where(AttemptRow.round == round)
+                 .order_by(AttemptRow.item_id, AttemptRow.attempt_no))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [Attempt(**{k: r[k] for k in Attempt.__slots__}) for r in rows]  # type: ignore[attr-defined]
 
 def _item_row(item: Item) -> dict[str, Any]:
     row = asdict(item)

@@ -1,0 +1,408 @@
+"""Expansion (paper 2.2): each seed family grows by `factor` new single-choice questions.
+
+Per seed: (1) key facts and reasoning steps are extracted from the seed's CoT (structured output);
+(2) one new question per slot, each on a named aspect (structured output); (3) every candidate goes
+through checks that keep their reason (unusable output, structure, copy of the seed, near-duplicate of
+the seed or a sibling); rejects are stored as `candidates` rows, accepted ones become items of the
+family (origin "expanded", id `{seed}~x{slot}`), all in ONE transaction with a family `expansion_done`
+event; (4) accepted items get their CoT from the generate stage, like seeds.
+
+Resumable per family: a family with an `expansion_done` event is never expanded again, and the
+client's cache makes an interrupted family's calls free to repeat.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import yaml
+
+from curation.config import ExpandConfig, SamplingConfig
+from curation.generate import gather_all, run_generate, sampling_params, summary_dict
+from curation.llm import LLMClient, json_schema_format
+from curation.pipeline import RunContext, stage
+from curation.prompts import PROMPT_DIR, format_options, load_prompt
+from curation.records import LETTERS, ChatRequest, ChatResult, Event, Generation, Item
+from curation.store import Store, normalize_text
+
+_CJK = re.compile(r"[\u3400-\u9fff]")
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.S)
+MIN_STEM_CHARS = 8
+
+
+@dataclass(slots=True)
+class Candidate:
+    """One expansion candidate as checked. `check` is "" when accepted, else the failed check."""
+
+    family_id: str
+    parent_id: str
+    slot: int  # -1: the family's facts extraction itself failed
+    aspect: str | None
+    call_id: int | None
+    check: str  # "" | "facts_json" | "facts_missing_key" | "json" | "missing_key" | "structure" | "copy" | "near_duplicate"
+    reason: str
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Facts:
+    facts: list[str]
+    steps: list[str]
+    call_id: int | None
+    prompt_version: str
+
+
+@dataclass
+class ExpandSummary:
+    families_eligible: int = 0
+    families_done_before: int = 0
+    families_expanded: int = 0
+    families_without_cot: int = 0
+    families_facts_unusable: int = 0
+    candidates: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+# ---- schemas ---------------------------------------------------------------------------------------
+def facts_schema(max_items: int) -> dict[str, Any]:
+    strings = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 400},
+               "minItems": 1, "maxItems": max_items}
+    return {"type": "object", "properties": {"facts": strings, "steps": strings},
+            "required": ["facts", "steps"], "additionalProperties": False}
+
+
+QUESTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "question": {"type": "string", "minLength": 1, "maxLength": 1200},
+        "options": {"type": "object",
+                    "properties": {L: {"type": "string", "minLength": 1, "maxLength": 300} for L in LETTERS},
+                    "required": list(LETTERS[:4]), "additionalProperties": False},
+        "answer": {"type": "string", "enum": list(LETTERS)},
+    },
+    "required": ["question", "options", "answer"], "additionalProperties": False,
+}
+
+
+@lru_cache(maxsize=None)
+def aspect_descriptions(prompt_name: str) -> dict[str, dict[str, str]]:
+    """aspect -> {language: description}, from the `aspects:` block of the questions prompt file."""
+    data = yaml.safe_load((PROMPT_DIR / f"{prompt_name}.yaml").read_text(encoding="utf-8"))
+    aspects = data.get("aspects")
+    if not isinstance(aspects, dict) or not aspects:
+        raise ValueError(f"{PROMPT_DIR / prompt_name}.yaml: needs an `aspects:` mapping")
+    return aspects
+
+
+def check_aspects(cfg: ExpandConfig) -> None:
+    from curation.config import ConfigError
+    known = aspect_descriptions(cfg.questions_prompt)
+    unknown = [a for a in cfg.aspects if a not in known]
+    if unknown:
+        raise ConfigError(f"expand.aspects: unknown {unknown} (known in {cfg.questions_prompt}.yaml: {', '.join(known)})")
+
+
+# ---- requests --------------------------------------------------------------------------------------
+def _params(s: SamplingConfig, offset: int) -> dict[str, object]:
+    params = sampling_params(s)
+    if s.seed is not None:
+        params["seed"] = s.seed + offset  # each slot samples differently, reproducibly
+    return params
+
+
+def facts_request(seed: Item, gen: Generation, cfg: ExpandConfig, model: str) -> ChatRequest:
+    prompt = load_prompt(cfg.facts_prompt, seed.language)
+    messages = prompt.messages(question=seed.question, options=format_options(seed.options), answer=seed.answer,
+                               cot=gen.cot, max_facts=cfg.max_facts)
+    return ChatRequest(messages=messages, model=model, params=_params(cfg.facts_sampling, 0),
+                       prompt_version=prompt.tag, stage="expand", item_id=seed.id,
+                       response_format=json_schema_format("expand_facts", facts_schema(cfg.max_facts)))
+
+
+def question_request(seed: Item, facts: Facts, slot: int, aspect: str, cfg: ExpandConfig, model: str) -> ChatRequest:
+    prompt = load_prompt(cfg.questions_prompt, seed.language)
+    described = aspect_descriptions(cfg.questions_prompt)[aspect]
+    bullets = lambda xs: "\n".join(f"- {x}" for x in xs)  # noqa: E731
+    messages = prompt.messages(question=seed.question, options=format_options(seed.options), answer=seed.answer,
+                               aspect=described.get(seed.language) or described["en"],
+                               facts=bullets(facts.facts), steps=bullets(facts.steps))
+    return ChatRequest(messages=messages, model=model, params=_params(cfg.questions_sampling, slot),
+                       prompt_version=prompt.tag, stage="expand", item_id=f"{seed.id}~x{slot}",
+                       response_format=json_schema_format("expand_question", QUESTION_SCHEMA))
+
+
+# ---- parsing and checks (each returns a reason, never raises on model output) ----------------------
+def parse_json_object(result: ChatResult) -> tuple[dict[str, Any] | None, str]:
+    """The reply as a JSON object, or (None, reason)."""
+    text = result.content.strip()
+    if (m := _FENCE.match(text)) is not None:
+        text = m.group(1)
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        cut = " (truncated at max_tokens)" if result.finish_reason == "length" else ""
+        return None, f"invalid JSON{cut}: {exc}"
+    if not isinstance(obj, dict):
+        return None, f"invalid JSON: expected an object, got {type(obj).__name__}"
+    return obj, ""
+
+
+def parse_facts(result: ChatResult, prompt_version: str, max_items: int) -> tuple[Facts | None, str, str]:
+    """(facts, check, reason): check is "facts_json" or "facts_missing_key" on failure."""
+    obj, reason = parse_json_object(result)
+    if obj is None:
+        return None, "facts_json", reason
+    lists = {}
+    for key in ("facts", "steps"):
+        value = obj.get(key)
+        if not isinstance(value, list) or not [x for x in value if isinstance(x, str) and x.strip()]:
+            return None, "facts_missing_key", f"'{key}' missing or not a non-empty list of strings"
+        lists[key] = [" ".join(x.split()) for x in value if isinstance(x, str) and x.strip()][:max_items]
+    return Facts(lists["facts"], lists["steps"], result.call_id, prompt_version), "", ""
+
+
+def ngrams(text: str, n: int) -> frozenset[str]:
+    norm = normalize_text(text)
+    if len(norm) <= n:
+        return frozenset([norm]) if norm else frozenset()
+    return frozenset(norm[i:i + n] for i in range(len(norm) - n + 1))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a or not b:
+        return 0.0
+    return len(a & b) / len(a | b)
+
+
+def item_text(question: str, options: dict[str, str]) -> str:
+    return question + " " + " ".join(options[k] for k in sorted(options))
+
+
+def structure_problem(obj: dict[str, Any], language: str) -> tuple[str, str]:
+    """("missing_key" | "structure", reason) for a malformed question object, or ("", "")."""
+    for key, kind in (("question", str), ("options", dict), ("answer", str)):
+        if not isinstance(obj.get(key), kind):
+            return "missing_key", f"'{key}' missing or not a {kind.__name__}"
+    stem, options, answer = obj["question"].strip(), obj["options"], obj["answer"].strip().upper()
+    letters = sorted(options)
+    if letters not in (list(LETTERS[:4]), list(LETTERS[:5])):
+        return "structure", f"options must be A-D or A-E: got {', '.join(map(str, letters)) or 'none'}"
+    texts = [options[k].strip() if isinstance(options[k], str) else "" for k in letters]
+    if not all(texts):
+        return "structure", "an option is empty"
+    if len({normalize_text(t) for t in texts}) != len(texts):
+        return "structure", "options are not unique"
+    if answer not in letters:
+        return "structure", f"answer not among the options: {obj['answer']!r}"
+    if len(normalize_text(stem)) < MIN_STEM_CHARS:
+        return "structure", f"question stem too short: {stem!r}"
+    if (language == "zh") != bool(_CJK.search(stem)):
+        return "structure", f"question is not in the family's language ({language})"
+    return "", ""
+
+
+@dataclass
+class FamilyChecker:
+    """Checks candidates of one family in slot order: the seed and the siblings accepted so far."""
+
+    seed: Item
+    cfg: ExpandConfig
+    taken: dict[str, str]  # normalised stem -> item id, over the whole store
+    accepted: list[tuple[str, frozenset[str]]] = field(default_factory=list)
+    keys: dict[tuple[frozenset[str], str], str] = field(default_factory=dict)  # (option texts, key text) -> id
+
+    def __post_init__(self) -> None:
+        self.seed_stem = ngrams(self.seed.question, self.cfg.ngram)
+        self.seed_full = ngrams(item_text(self.seed.question, self.seed.options), self.cfg.ngram)
+        self.keys[answer_key(self.seed.options, self.seed.answer)] = self.seed.id
+
+    def check(self, obj: dict[str, Any]) -> tuple[str, str]:
+        kind, reason = structure_problem(obj, self.seed.language)
+        if kind:
+            return kind, reason
+        stem, options = obj["question"].strip(), {k: v.strip() for k, v in obj["options"].items()}
+        sim = jaccard(ngrams(stem, self.cfg.ngram), self.seed_stem)
+        if normalize_text(stem) == normalize_text(self.seed.question) or sim >= self.cfg.copy_threshold:
+            return "copy", f"stem copies the seed's stem: n-gram Jaccard {sim:.2f} >= {self.cfg.copy_threshold}"
+        if (other := self.taken.get(normalize_text(stem))) is not None:
+            return "near_duplicate", f"same question as an existing item: {other}"
+        if (other := self.keys.get(answer_key(options, obj["answer"].strip().upper()))) is not None:
+            return "near_duplicate", f"same options and same correct option as another item: {other}"
+        full = ngrams(item_text(stem, options), self.cfg.ngram)
+        for other_id, other in [(self.seed.id, self.seed_full), *self.accepted]:
+            if (sim := jaccard(full, other)) >= self.cfg.near_duplicate_threshold:
+                whom = "the seed" if other_id == self.seed.id else "a sibling"
+                return "near_duplicate", (f"near-duplicate of {whom}: {other_id}, n-gram Jaccard {sim:.2f} >= "
+                                          f"{self.cfg.near_duplicate_threshold}")
+        return "", ""
+
+    def accept(self, item: Item) -> None:
+        self.accepted.append((item.id, ngrams(item_text(item.question, item.options), self.cfg.ngram)))
+        self.taken[normalize_text(item.question)] = item.id
+        self.keys[answer_key(item.options, item.answer)] = item.id
+
+
+def answer_key(options: dict[str, str], answer: str) -> tuple[frozenset[str], str]:
+    """The option set and the correct option's text: two questions that share both ask the same thing."""
+    return frozenset(normalize_text(t) for t in options.values()), normalize_text(options.get(answer, ""))
+
+
+def expanded_item(seed: Item, slot: int, aspect: str, obj: dict[str, Any]) -> Item:
+    """The new item: lineage to the seed, licence and source inherited with a note that it is LLM-derived."""
+    options = {k: v.strip() for k, v in sorted(obj["options"].items())}
+    source = f"{seed.source} | LLM-derived by medcot expansion from seed {seed.id}".lstrip(" |")
+    return Item(id=f"{seed.id}~x{slot}", family_id=seed.family_id, language=seed.language,
+                question=" ".join(obj["question"].split()), options=options, answer=obj["answer"].strip().upper(),
+                origin="expanded", parent_id=seed.id, aspect=aspect, subject=seed.subject, source=source,
+                licence=seed.licence, stage="imported")
+
+
+# ---- one family ------------------------------------------------------------------------------------
+@dataclass
+class FamilyResult:
+    items: list[Item]
+    events: list[Event]
+    candidates: list[Candidate]
+    facts_ok: bool
+
+
+async def expand_family(client: LLMClient, seed: Item, gen: Generation, cfg: ExpandConfig, model: str,
+                        taken: dict[str, str]) -> FamilyResult:
+    freq = facts_request(seed, gen, cfg, model)
+    fres = await client.chat(freq)
+    facts, check, reason = parse_facts(fres, freq.prompt_version, cfg.max_facts)
+    if facts is None:
+        bad = Candidate(seed.family_id, seed.id, -1, None, fres.call_id, check, reason,
+                        {"raw": fres.content, "finish_reason": fres.finish_reason})
+        return FamilyResult([], [], [bad], facts_ok=False)
+    slots = [(slot, cfg.aspects[slot % len(cfg.aspects)]) for slot in range(cfg.factor)]
+    reqs = [question_request(seed, facts, slot, aspect, cfg, model) for slot, aspect in slots]
+    results = [None] * len(reqs)
+
+    async def ask(i: int) -> None:
+        results[i] = await client.chat(reqs[i])
+
+    await gather_all([ask(i) for i in range(len(reqs))])
+    checker = FamilyChecker(seed, cfg, taken)
+    out = FamilyResult([], [], [], facts_ok=True)
+    for (slot, aspect), req, res in zip(slots, reqs, results):
+        _judge(checker, out, seed, slot, aspect, req, res, facts)  # type: ignore[arg-type]
+    return out
+
+
+def _judge(checker: FamilyChecker, out: FamilyResult, seed: Item, slot: int, aspect: str, req: ChatRequest,
+           res: ChatResult, facts: Facts) -> None:
+    obj, reason = parse_json_object(res)
+    kind = "json" if obj is None else ""
+    if obj is not None:
+        kind, reason = checker.check(obj)
+    payload: dict[str, Any] = obj if obj is not None else {"raw": res.content, "finish_reason": res.finish_reason}
+    out.candidates.append(Candidate(seed.family_id, seed.id, slot, aspect, res.call_id, kind, reason, payload))
+    if kind:
+        return
+    item = expanded_item(seed, slot, aspect, obj)  # type: ignore[arg-type]
+    checker.accept(item)
+    out.items.append(item)
+    out.events.append(Event(kind="expanded", item_id=item.id, stage="expand", actor="llm", actor_kind="llm", payload={
+        "family_id": seed.family_id, "parent_id": seed.id, "aspect": aspect, "slot": slot,
+        "facts_call_id": facts.call_id, "question_call_id": res.call_id, "model": req.model,
+        "prompt_versions": {"facts": facts.prompt_version, "question": req.prompt_version}}))
+
+
+# ---- the stage -------------------------------------------------------------------------------------
+async def run_expand(store: Store, client: LLMClient, cfg: ExpandConfig, model: str) -> ExpandSummary:
+    """Expand every seed family not expanded yet (families whose seed has no CoT yet are skipped)."""
+    check_aspects(cfg)
+    done = store.expanded_families()
+    gens = {g.item_id: g for g in store.generations()}
+    seeds = [it for it in store.items() if it.origin == "seed"]
+    summary = ExpandSummary(families_eligible=len(seeds), families_done_before=sum(s.id in done for s in seeds))
+    todo = [s for s in seeds if s.id not in done]
+    summary.families_without_cot = sum(s.id not in gens for s in todo)
+    todo = [s for s in todo if s.id in gens][:cfg.limit]
+    taken = store.existing_questions()
+
+    async def one(seed: Item) -> None:
+        result = await expand_family(client, seed, gens[seed.id], cfg, model, taken)
+        done_event = Event(kind="expansion_done", item_id=seed.id, stage="expand", actor="llm", actor_kind="llm",
+                           payload={"factor": cfg.factor, "accepted": len(result.items),
+                                    "rejected": sum(1 for c in result.candidates if c.check),
+                                    "facts_ok": result.facts_ok})
+        if store.save_expansion(result.items, result.events, [c for c in result.candidates if c.check], done_event):
+            _count(summary, result)
+
+    await gather_all([one(s) for s in todo])
+    return summary
+
+
+def _count(summary: ExpandSummary, result: FamilyResult) -> None:
+    summary.families_expanded += 1
+    summary.families_facts_unusable += not result.facts_ok
+    for c in result.candidates:
+        if c.slot >= 0:
+            summary.candidates += 1
+        if c.check:
+            summary.rejected[c.check] = summary.rejected.get(c.check, 0) + 1
+        else:
+            summary.accepted += 1
+
+
+def funnel(store: Store) -> dict[str, Any]:
+    """The expansion funnel over the whole store (stable across reruns)."""
+    rejected = store.rejected_candidates()
+    expanded = [it for it in store.items() if it.origin == "expanded"]
+    question_rejects = [c for c in rejected if c.slot >= 0]
+    by_check = Counter(c.check for c in rejected)
+    reasons = Counter(f"{c.check}: {_reason_kind(c.reason)}" for c in rejected)
+    return {"families_expanded": len(store.expanded_families()),
+            "families_facts_unusable": sum(1 for c in rejected if c.slot < 0),
+            "candidates_generated": len(expanded) + len(question_rejects), "accepted": len(expanded),
+            "rejected_by_check": dict(sorted(by_check.items())),
+            "near_duplicates_removed": by_check.get("near_duplicate", 0),
+            "top_reasons": dict(reasons.most_common(8)),
+            "accepted_by_aspect": dict(sorted(Counter(it.aspect or "?" for it in expanded).items()))}
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its specifics (every reason is "kind: details"), so that reasons can be counted."""
+    return reason.split(":", 1)[0].strip()[:80]
+
+
+def funnel_markdown(f: dict[str, Any], run: dict[str, Any]) -> str:
+    lines = ["Expansion funnel (whole store):", "", "| measure | value |", "|---|---|",
+             f"| seed families expanded | {f['families_expanded']} |",
+             f"| families whose facts extraction was unusable | {f['families_facts_unusable']} |",
+             f"| candidate questions generated | {f['candidates_generated']} |",
+             f"| accepted (new items) | {f['accepted']} |"]
+    lines += [f"| dropped by check `{k}` | {v} |" for k, v in f["rejected_by_check"].items()]
+    lines += [f"| near-duplicates removed | {f['near_duplicates_removed']} |", ""]
+    if f["top_reasons"]:
+        lines += ["Most frequent reasons:", ""] + [f"- {k}: {v}" for k, v in f["top_reasons"].items()] + [""]
+    if f["accepted_by_aspect"]:
+        lines += ["Accepted by aspect: " + ", ".join(f"{k} {v}" for k, v in f["accepted_by_aspect"].items()), ""]
+    lines += [f"This run: {run['families_expanded']} families expanded ({run['families_done_before']} done before, "
+              f"{run['families_without_cot']} without a CoT yet), {run['candidates']} candidates, "
+              f"{run['accepted']} accepted."]
+    if run.get("cot"):
+        cot = run["cot"]
+        lines += ["", f"CoT for new items: {cot['generated']} generated ({cot['agree_with_key']} agree with the key, "
+                  f"{cot['disagree_with_key']} disagree, {cot['no_answer']} no answer)."]
+    return "\n".join(lines)
+
+
+@stage("expand", needs_llm=True)
+async def _expand_stage(ctx: RunContext) -> dict[str, Any]:
+    assert ctx.client is not None
+    summary = await run_expand(ctx.store, ctx.client, ctx.cfg.expand, ctx.cfg.llm.model)
+    out: dict[str, Any] = asdict(summary)
+    if ctx.cfg.expand.generate_cot:
+        out["cot"] = summary_dict(await run_generate(ctx.store, ctx.client, ctx.cfg.generate, ctx.cfg.llm.model,
+                                                     ctx.progress))
+    out["funnel"] = funnel(ctx.store)
+    out["markdown"] = funnel_markdown(out["funnel"], out)
+    return out

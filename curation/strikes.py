@@ -1,0 +1,248 @@
+"""Five-strike re-answering (paper 2.3.2-2.3.3): each item's current question is answered again WITHOUT any
+explanation, up to `max_attempts` times; the first correct attempt ends it, five failures escalate it to
+the expert panel.
+
+Attempts vary the prompt template (rotated), the option order (a permutation recorded per attempt,
+deterministic from item id, round and attempt number, mapped back before scoring) and the sampling seed
+(seed + attempt number). The work runs in waves: wave k sends one attempt for every item still
+unresolved, all at once (the client bounds concurrency), so an item never costs more calls than it needs.
+An unparseable answer (the extractor returns no letter) is a failed attempt, counted on its own.
+
+Every attempt is stored; the attempt that resolves an item is stored in ONE transaction with the item's
+stage change ("strikes_passed" or "escalated") and its event. Resumable: stored attempts are never redone,
+and the client's cache makes a repeated request free.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from curation.config import StrikesConfig
+from curation.extract import EXTRACTOR_VERSION, extract_answer
+from curation.generate import gather_all, sampling_params
+from curation.llm import LLMClient
+from curation.pipeline import RunContext, stage
+from curation.prompts import format_options, load_prompt
+from curation.records import LETTERS, ChatRequest, Event, Item
+from curation.store import Store
+
+PASSED, ESCALATED = "strikes_passed", "escalated"
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One attempt (the `attempts` table), plus the token counts of its call."""
+
+    item_id: str
+    round: int
+    attempt_no: int
+    template: str  # prompt tag, e.g. "strike_direct@1"
+    permutation: list[str]  # shown letter i -> original letter permutation[i]
+    seed: int | None
+    call_id: int | None
+    raw: str
+    reasoning: str | None
+    shown_letter: str | None
+    letter: str | None  # in the original order; None = no answer
+    matched_by: str
+    correct: bool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class StrikesSummary:
+    eligible: int = 0
+    resumed: int = 0  # items that already had attempts of this round
+    attempts_made: int = 0  # this run (requests or cache hits)
+    waves: int = 0
+    passed: int = 0
+    escalated: int = 0
+    no_answer_attempts: int = 0
+    already_stored: int = 0
+
+
+def permutation(item_id: str, letters: list[str], attempt_no: int, round: int = 0, shuffle: bool = True) -> list[str]:
+    """The option order shown at an attempt: the original order first, then a deterministic shuffle that
+    differs from the original order (when there is more than one option)."""
+    letters = sorted(letters)
+    if not shuffle or attempt_no == 1 or len(letters) < 2:
+        return letters
+    rng = random.Random(hashlib.sha256(f"{item_id}|{round}|{attempt_no}".encode()).digest())
+    perm = letters[:]
+    while perm == letters:
+        rng.shuffle(perm)
+    return perm
+
+
+def shown_options(item: Item, perm: list[str]) -> dict[str, str]:
+    return {LETTERS[i]: item.options[orig] for i, orig in enumerate(perm)}
+
+
+def map_back(shown_letter: str | None, perm: list[str]) -> str | None:
+    return None if shown_letter is None else perm[LETTERS.index(shown_letter)]
+
+
+def strike_request(item: Item, attempt_no: int, cfg: StrikesConfig, model: str) -> tuple[ChatRequest, list[str]]:
+    perm = permutation(item.id, list(item.options), attempt_no, cfg.round, cfg.shuffle_options)
+    prompt = load_prompt(cfg.templates[(attempt_no - 1) % len(cfg.templates)], item.language)
+    messages = prompt.messages(question=item.question, options=format_options(shown_options(item, perm)))
+    params = sampling_params(cfg.sampling)
+    if cfg.sampling.seed is not None:
+        params["seed"] = cfg.sampling.seed + attempt_no
+    return ChatRequest(messages=messages, model=model, params=params, stage="strikes", item_id=item.id,
+                       prompt_version=f"{prompt.tag}+{EXTRACTOR_VERSION}"), perm
+
+
+async def attempt_one(client: LLMClient, item: Item, attempt_no: int, cfg: StrikesConfig, model: str) -> Attempt:
+    req, perm = strike_request(item, attempt_no, cfg, model)
+    res = await client.chat(req)
+    found = extract_answer(res.content, shown_options(item, perm), finish_reason=res.finish_reason)
+    letter = map_back(found.letter, perm)
+    return Attempt(item_id=item.id, round=cfg.round, attempt_no=attempt_no, template=req.prompt_version.split("+")[0],
+                   permutation=perm, seed=req.params.get("seed"), call_id=res.call_id, raw=res.content,  # type: ignore[arg-type]
+                   reasoning=res.reasoning, shown_letter=found.letter, letter=letter, matched_by=found.matched_by,
+                   correct=letter is not None and letter == item.answer, prompt_tokens=res.prompt_tokens,
+                   completion_tokens=res.completion_tokens)
+
+
+def resolution(att: Attempt, history: list[Attempt], cfg: StrikesConfig) -> tuple[str | None, Event | None]:
+    """(new stage, event) when this attempt resolves the item, else (None, None)."""
+    if not att.correct and att.attempt_no < cfg.max_attempts:
+        return None, None
+    kind = PASSED if att.correct else ESCALATED
+    payload: dict[str, Any] = {"round": att.round, "attempts": att.attempt_no, "call_id": att.call_id}
+    if kind == ESCALATED:
+        payload["history"] = [{"attempt_no": a.attempt_no, "template": a.template, "permutation": a.permutation,
+                               "letter": a.letter, "matched_by": a.matched_by, "call_id": a.call_id}
+                              for a in [*history, att]]
+    return kind, Event(kind=kind, item_id=att.item_id, stage="strikes", actor="llm", actor_kind="llm",
+                       payload=payload)
+
+
+async def run_strikes(store: Store, client: LLMClient, cfg: StrikesConfig, model: str,
+                      progress: bool = True) -> StrikesSummary:
+    """Waves of attempts over every eligible item until each passed or used up its attempts."""
+    history: dict[str, list[Attempt]] = defaultdict(list)
+    for a in store.attempts(cfg.round):
+        history[a.item_id].append(a)
+    items = [it for it in store.items() if it.stage in cfg.eligible_stages][:cfg.limit]
+    summary = StrikesSummary(eligible=len(items), resumed=sum(1 for it in items if history.get(it.id)))
+    pending = [it for it in items if not _resolved(history[it.id], cfg)]
+    bar = tqdm(total=len(pending), desc="five-strike", unit="item", disable=not progress)
+
+    async def one(item: Item) -> None:
+        past = history[item.id]
+        att = await attempt_one(client, item, len(past) + 1, cfg, model)
+        new_stage, event = resolution(att, past, cfg)
+        if not store.save_attempt(att, new_stage, event):
+            summary.already_stored += 1
+        summary.attempts_made += 1
+        summary.no_answer_attempts += att.letter is None
+        past.append(att)
+        if new_stage is not None:
+            summary.passed += new_stage == PASSED
+            summary.escalated += new_stage == ESCALATED
+            bar.update(1)
+
+    try:
+        while pending:
+            summary.waves += 1
+            await gather_all([one(it) for it in pending])
+            pending = [it for it in pending if not _resolved(history[it.id], cfg)]
+    finally:
+        bar.close()
+    return summary
+
+
+def _resolved(past: list[Attempt], cfg: StrikesConfig) -> bool:
+    return bool(past) and (past[-1].correct or len(past) >= cfg.max_attempts)
+
+
+# ---- the report ------------------------------------------------------------------------------------
+@dataclass
+class StrikesStats:
+    items: int = 0
+    passed_at: dict[int, int] = field(default_factory=dict)  # attempt number of the first success -> items
+    escalated: int = 0
+    unresolved: int = 0
+    attempts: int = 0
+    no_answer_attempts: int = 0
+    matched_by: dict[str, int] = field(default_factory=dict)
+    tokens_spent: int = 0
+    tokens_always5_estimate: int = 0
+    token_ratio_vs_always5: float | None = None
+    escalation_rate: float | None = None
+
+
+def strikes_stats(attempts: list[Attempt], max_attempts: int = 5) -> StrikesStats:
+    """Histogram, escalation rate and tokens vs an always-`max_attempts` baseline.
+
+    The baseline would make every attempt for every item. Its tokens are estimated per item as
+    `max_attempts x (mean tokens per attempt of that item's measured attempts)`: the same question is
+    sent each time, so prompt tokens vary only with the template, and the completion length measured on
+    that item is its best predictor. Items escalated after all attempts are counted exactly."""
+    by_item: dict[str, list[Attempt]] = defaultdict(list)
+    for a in attempts:
+        by_item[a.item_id].append(a)
+    st = StrikesStats(items=len(by_item), attempts=len(attempts))
+    passed: Counter[int] = Counter()
+    for atts in by_item.values():
+        atts.sort(key=lambda a: a.attempt_no)
+        first = next((a.attempt_no for a in atts if a.correct), None)
+        if first is not None:
+            passed[first] += 1
+        elif len(atts) >= max_attempts:
+            st.escalated += 1
+        else:
+            st.unresolved += 1
+        spent = sum(a.tokens for a in atts)
+        st.tokens_spent += spent
+        st.tokens_always5_estimate += round(max_attempts * spent / len(atts))
+    st.passed_at = {k: passed.get(k, 0) for k in range(1, max_attempts + 1)}
+    st.no_answer_attempts = sum(a.letter is None for a in attempts)
+    st.matched_by = dict(Counter(a.matched_by for a in attempts).most_common())
+    if st.tokens_always5_estimate:
+        st.token_ratio_vs_always5 = round(st.tokens_spent / st.tokens_always5_estimate, 4)
+    finished = sum(passed.values()) + st.escalated
+    st.escalation_rate = round(st.escalated / finished, 4) if finished else None
+    return st
+
+
+def strikes_markdown(st: StrikesStats, run: StrikesSummary, max_attempts: int) -> str:
+    lines = [f"Five-strike re-answering (whole store, this round): {st.items} items, {st.attempts} attempts.", "",
+             "| first correct at attempt | items |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in st.passed_at.items()]
+    lines += [f"| escalated (failed all {max_attempts}) | {st.escalated} |"]
+    if st.unresolved:
+        lines += [f"| unresolved (interrupted) | {st.unresolved} |"]
+    rate = "n/a" if st.escalation_rate is None else f"{100 * st.escalation_rate:.1f} %"
+    ratio = "n/a" if st.token_ratio_vs_always5 is None else f"{st.token_ratio_vs_always5:.3f}"
+    lines += ["", f"- escalation rate: {rate}",
+              f"- unparseable answers (no letter, counted as failed attempts): {st.no_answer_attempts} of "
+              f"{st.attempts} attempts",
+              f"- tokens spent: {st.tokens_spent}; always-{max_attempts} baseline (estimated): "
+              f"{st.tokens_always5_estimate}; ratio {ratio}",
+              f"  (estimate: per item, {max_attempts} x its mean measured tokens per attempt)",
+              f"- this run: {run.attempts_made} attempts in {run.waves} waves over {run.eligible} eligible items "
+              f"({run.resumed} resumed); {run.passed} passed, {run.escalated} escalated"]
+    return "\n".join(lines)
+
+
+@stage("strikes", needs_llm=True)
+async def _strikes_stage(ctx: RunContext) -> dict[str, Any]:
+    from dataclasses import asdict
+    assert ctx.client is not None
+    cfg = ctx.cfg.strikes
+    run = await run_strikes(ctx.store, ctx.client, cfg, ctx.cfg.llm.model, ctx.progress)
+    st = strikes_stats(ctx.store.attempts(cfg.round), cfg.max_attempts)
+    return {"run": asdict(run), "stats": asdict(st), "markdown": strikes_markdown(st, run, cfg.max_attempts)}
