@@ -56,7 +56,8 @@ _LETTER = r"(?P<o>[(\[{【<])?\s*(?P<L>[A-Ja-j])(?:\s*(?P<c>[)\]}】>]))?"
 _OPT_WORD = r"(?:(?:option|choice|letter)\s*)?"
 _FILLER = r"(?:(?:therefore|thus|clearly|definitely|most\s+likely|likely|probably|then)\s*,?\s*)?"
 _EN_CUES = (
-    rf"\b(?:(?:final|correct|right|best|true)\s+)?answer\s*(?:is|would\s+be|should\s+be|must\s+be|"
+    rf"\b(?:(?:final|correct|right|best|true)\s+)?answer(?:\s+(?:to|for|of)\s+(?:this|the)\s+(?:question|item|"
+    rf"problem|mcq|case|vignette))?\s*(?:is|would\s+be|should\s+be|must\s+be|"
     rf"will\s+be|:|=|[-–—])\s*:?\s*{_FILLER}{_OPT_WORD}",
     rf"\b(?:final|correct|right|best|most\s+appropriate|most\s+likely)\s+(?:option|choice|response|"
     rf"selection)\s*(?:is|would\s+be|should\s+be|:|=)\s*:?\s*{_OPT_WORD}",
