@@ -16,6 +16,7 @@ import argparse
 import json
 import re
 import sys
+import time
 import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -71,11 +72,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fixtures", type=Path, default=ROOT / "tests" / "fixtures" / "extraction.jsonl",
                         help="labelled responses, one JSON object per line")
+    parser.add_argument("--quick", action="store_true", help="accepted for `make bench`; the run is quick anyway")
     args = parser.parse_args(argv)
     rows = [json.loads(line) for line in args.fixtures.read_text(encoding="utf-8").splitlines() if line.strip()]
     result = {"benchmark": "extraction", "fixtures": len(rows), "ours": score(rows, ours),
-              "lm_eval_regex": score(rows, lm_eval_regex)}
+              "lm_eval_regex": score(rows, lm_eval_regex), "ours_responses_per_s": throughput(rows)}
     print(json.dumps(result))
+
+
+def throughput(rows: list[dict], min_seconds: float = 1.0) -> float:
+    """Responses per second of our extractor on the fixtures (single thread, repeated for >= min_seconds)."""
+    done, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < min_seconds:
+        for r in rows:
+            extract_answer(r["response"], r["options"], finish_reason=r["finish_reason"])
+        done += len(rows)
+    return round(done / elapsed, 1)
 
 
 if __name__ == "__main__":

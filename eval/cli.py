@@ -1,0 +1,124 @@
+"""`medcot eval ...`: run, extract, compare, judge, submit."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from curation.cli import EXIT_BAD_INPUT, EXIT_LLM_DOWN, config_option, fail, get_config, run_guarded, set_option
+
+
+def _cfg(config_path: str | None, overrides: tuple[str, ...]) -> Any:
+    from eval.config import EvalConfig
+    return get_config(config_path, overrides, cls=EvalConfig)
+
+
+def _guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Known faults of the eval harness become clear messages (exit 2 bad input, 3 server down)."""
+    from curation.server import ServerError
+    from eval.compare import CompareError
+    from eval.data import EvalDataError
+    from eval.models import ManifestError
+    from eval.schema_check import SchemaError
+    try:
+        return run_guarded(fn, *args, **kwargs)
+    except (EvalDataError, ManifestError, CompareError, SchemaError, FileNotFoundError) as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    except ServerError as exc:
+        fail(str(exc), EXIT_LLM_DOWN)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(eval_group)
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Evaluate models: accuracy with CIs, answer extraction, judge, paired comparison, submissions."""
+
+
+@eval_group.command("run")
+@config_option
+@set_option
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def run_cmd(config_path: str | None, overrides: tuple[str, ...], no_progress: bool) -> None:
+    """Serve each model with vLLM, answer every eval item with CoT, score (accuracy, CI, no-answer rate)."""
+    from eval.run import run_eval
+    cfg = _cfg(config_path, overrides)
+    results = _guarded(run_eval, cfg, progress=not no_progress)
+    from eval.scoring import metrics_markdown
+    click.echo(metrics_markdown(results))
+    click.echo(f"\nresults: {Path(cfg.out_dir) / 'results.md'}")
+
+
+@eval_group.command("extract")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL: id, response, options (and optional finish_reason) per line.")
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL: id, answer (letter or null), matched_by per line.")
+def extract_cmd(input_path: Path, output_path: Path) -> None:
+    """The project's answer extractor on a file. A bad line: exit 2, nothing written."""
+    from eval.extract_cmd import ExtractInputError, extract_file
+    if not input_path.is_file():
+        fail(f"{input_path}: no such file")
+    try:
+        counts = extract_file(input_path, output_path)
+    except (ExtractInputError, UnicodeDecodeError) as exc:
+        fail(f"input rejected, nothing was written:\n{exc}")
+    click.echo(json.dumps(counts))
+
+
+@eval_group.command("compare")
+@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False), help="Training manifest.json.")
+@click.option("--eval-dir", default=None, help="Folder of `eval run` outputs (default: out_dir of --config).")
+@click.option("--out", "out_dir", default=None, help="Report folder (default: <eval-dir>/comparison).")
+@config_option
+@set_option
+def compare_cmd(manifest: str, eval_dir: str | None, out_dir: str | None, config_path: str | None,
+                overrides: tuple[str, ...]) -> None:
+    """Validated vs unvalidated per seed and pooled: McNemar, bootstrap CIs, judge scores; md + HTML report."""
+    from eval.compare import compare
+    cfg = _cfg(config_path, overrides)
+    edir = eval_dir or cfg.out_dir
+    result = _guarded(compare, manifest, edir, out_dir or str(Path(edir) / "comparison"), cfg.bootstrap)
+    click.echo(result["markdown"])
+    click.echo(f"report: {result['report']}\nhtml: {result['html']}")
+
+
+@eval_group.command("judge")
+@config_option
+@set_option
+@click.option("--predictions", "files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Predictions JSONL to judge (repeatable; default: every <out_dir>/predictions/*.jsonl).")
+@click.option("--release", "release_dir", default=None, help="Judge a release's CoTs against its expert rubric scores.")
+@click.option("--release-config", default="panel", show_default=True)
+@click.option("--split", default="test", show_default=True)
+def judge_cmd(config_path: str | None, overrides: tuple[str, ...], files: tuple[Path, ...], release_dir: str | None,
+              release_config: str, split: str) -> None:
+    """LLM judge on the five rubric dimensions (0-2); with --release, judge-expert weighted kappa."""
+    from eval.config import ReleaseSource
+    from eval.judge_cmd import judge_files, judge_release
+    cfg = _cfg(config_path, overrides)
+    if release_dir:
+        result = _guarded(judge_release, cfg, ReleaseSource(dir=release_dir, config=release_config, split=split))
+    else:
+        result = _guarded(judge_files, cfg, list(files))
+    click.echo(json.dumps(result, indent=2))
+
+
+@eval_group.command("submit")
+@click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="One model's predictions JSONL (from `medcot eval run`).")
+@click.option("--format", "fmt", required=True, type=click.Choice(["medbench", "jsonl"]))
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file (.zip for medbench, .jsonl for jsonl).")
+def submit_cmd(predictions: Path, fmt: str, output: Path) -> None:
+    """Leaderboard submission (MedBench-style zip) or generic predictions JSONL, schema-validated."""
+    from eval.submit import submit
+    try:
+        result = _guarded(submit, predictions, fmt, output)
+    except ValueError as exc:
+        fail(str(exc))
+    click.echo(json.dumps(result))

@@ -1,0 +1,83 @@
+"""Eval sets: the release's test split (a folder of Parquet + README `configs:`) and external MCQ sets
+in the seed JSONL/CSV schema. Both become EvalItem records."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from curation.config import ConfigError
+from curation.records import LETTERS
+from curation.seeds import load_seeds
+from eval.config import EvalConfig, ExternalSet, ReleaseSource
+from eval.records import EvalItem
+
+
+class EvalDataError(ValueError):
+    """An eval set could not be read or a row is unusable (names the file and the row)."""
+
+
+def _letter(value: Any, names: list[str] | None, where: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and names:
+        if not 0 <= value < len(names):
+            raise EvalDataError(f"{where}: answer index {value} outside {names}")
+        return names[value]
+    if isinstance(value, str) and value.strip().upper() in LETTERS:
+        return value.strip().upper()
+    raise EvalDataError(f"{where}: answer {value!r} is not a letter A-E")
+
+
+def release_rows(src: ReleaseSource) -> tuple[list[dict[str, Any]], Any]:
+    """The rows and features of one config/split of a release folder (loaded offline)."""
+    import datasets
+    if not (Path(src.dir) / "README.md").is_file():
+        raise EvalDataError(f"release {src.dir!r}: no README.md (not a release folder)")
+    try:  # a private, throw-away cache: datasets' shared cache keys a local folder by its name and data file
+        # patterns, so a rebuilt release (or another folder of the same name) would be served stale
+        with tempfile.TemporaryDirectory(prefix="medcot-eval-ds-") as cache:
+            ds = datasets.load_dataset(src.dir, src.config, split=src.split, cache_dir=cache, keep_in_memory=True)
+    except (ValueError, FileNotFoundError) as exc:
+        raise EvalDataError(f"release {src.dir!r}: cannot load config {src.config!r} split {src.split!r}: {exc}") \
+            from exc
+    return list(ds), ds.features
+
+
+def load_release(src: ReleaseSource) -> list[EvalItem]:
+    rows, features = release_rows(src)
+    names = getattr(features.get("answer"), "names", None)
+    name = f"{Path(src.dir).name}:{src.config}/{src.split}"
+    items = []
+    for i, row in enumerate(rows[:src.limit] if src.limit is not None else rows):
+        where = f"{name} row {i} (id {row.get('id')!r})"
+        missing = [k for k in ("id", "language", "question", "options", "answer") if row.get(k) is None]
+        if missing:
+            raise EvalDataError(f"{where}: missing {missing}")
+        options = {k: v for k, v in row["options"].items() if v not in (None, "")}
+        answer = _letter(row["answer"], names, where)
+        if answer not in options:
+            raise EvalDataError(f"{where}: answer {answer} is not one of the options {sorted(options)}")
+        items.append(EvalItem(set=src.split, id=str(row["id"]), language=row["language"], question=row["question"],
+                              options=options, answer=answer, specialty=row.get("specialty"),
+                              family_id=row.get("family_id")))
+    return items
+
+
+def load_external(ext: ExternalSet) -> list[EvalItem]:
+    seeds = load_seeds(Path(ext.path), None)[ext.offset:]  # SeedError names file, line and field
+    seeds = seeds[:ext.limit] if ext.limit is not None else seeds
+    return [EvalItem(set=ext.name, id=s.id, language=s.language, question=s.question, options=dict(s.options),
+                     answer=s.answer, specialty=s.subject, family_id=s.id) for s in seeds]
+
+
+def load_eval_sets(cfg: EvalConfig) -> list[EvalItem]:
+    """Every configured set; a set name used twice is an error (predictions are keyed by set and id)."""
+    items = load_release(cfg.release) if cfg.release.dir else []
+    names = {cfg.release.split} if cfg.release.dir else set()
+    for ext in cfg.external:
+        if ext.name in names:
+            raise ConfigError(f"external set name {ext.name!r} is used twice (or equals the release split name)")
+        names.add(ext.name)
+        items += load_external(ext)
+    if not items:
+        raise ConfigError("nothing to evaluate: set release.dir and/or external sets")
+    return items
