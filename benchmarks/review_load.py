@@ -1,0 +1,200 @@
+"""Benchmark: 50 concurrent simulated reviewers submitting reviews through HTTP to the review app on SQLite.
+
+    python benchmarks/review_load.py [--quick] [--reviewers 50] [--items N] [--resubmit 0.1]
+
+Prints ONE JSON line: reviewers, submitted, stored, lost, duplicated, p50_ms, p95_ms (+ context fields).
+- The app (uvicorn, one process, the real `create_app`) runs in a SEPARATE process on a SQLite store in a
+  temp dir; items have an initial CoT and are assigned blind to 2 reviewers each (balanced).
+- Each simulated reviewer (its own aiohttp session and cookie jar) logs in, lists its assignments through
+  the API, and for each item loads the review form (CSRF token, revision), reads it for --think-ms (mean
+  1 s, uniform 0.5-1.5x; a human takes minutes) and POSTs a review. --think-ms 0 is a stress test: every
+  reviewer fires its next request the moment the last one returns. A fraction (--resubmit) of the POSTs is
+  sent twice, like a double click or a retry after a timeout. Logins (argon2) finish before the clock starts.
+- p50_ms/p95_ms: latency of the review POSTs (form submission until the redirect comes back).
+- submitted = POSTs the server acknowledged as saved; stored = review rows in the store afterwards;
+  lost = acknowledged reviews missing from the store; duplicated = rows beyond one per (item, reviewer) plus
+  resubmissions that were not answered "already saved".
+--quick: 50 reviewers, 100 items (200 reviews), well under 60 s.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PASSWORD = "benchmark password 1"
+SECRET = "review-load-benchmark-session-key-0123456789"
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+_BASE = re.compile(r'name="base_revision" value="(\d+)"')
+
+
+def setup_store(url: str, reviewers: int, items: int) -> None:
+    from curation.config import ReviewConfig
+    from curation.review import assign as assigning
+    from curation.review import sample
+    from curation.store import Store
+    store = Store(url)
+    sample.add_items(store, items)
+    sample.add_users(store, PASSWORD, reviewers=reviewers, panelists=0, admins=0)
+    with store.transaction() as conn:
+        assigning.assign(conn, store.existing_ids(), "review", 2, assigning.pool(conn, ReviewConfig(), "review"))
+    store.close()
+
+
+def serve(url: str) -> None:
+    """The server process: the real app on the store, a free port, READY <url> on stdout."""
+    import socket
+
+    import uvicorn
+
+    from curation.config import load_config
+    from curation.review.app import create_app
+    cfg = load_config(None, [f"store.url={url}"])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg, secret_key=SECRET), log_level="warning",
+                                           lifespan="off", access_log=False))
+    print(f"READY http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    server.run(sockets=[sock])
+
+
+async def reviewer(base: str, name: str, resubmit: float, rng: random.Random, out: dict[str, Any],
+                   logged_in: asyncio.Barrier, think_ms: float) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(f"{base}/login") as r:
+            token = _CSRF.search(await r.text()).group(1)
+        async with http.post(f"{base}/login", data={"name": name, "password": PASSWORD, "csrf_token": token},
+                             allow_redirects=False) as r:
+            assert r.status == 303, f"login of {name} failed: HTTP {r.status}"
+        if await logged_in.wait() == 0:  # argon2 logins are not what is measured: the clock starts here
+            out["start"] = time.perf_counter()
+        await asyncio.sleep(rng.uniform(0, think_ms) / 1000)  # reviewers do not all begin in the same instant
+        async with http.get(f"{base}/api/assignments") as r:
+            todo = [a["item_id"] for a in await r.json() if a["open"]]
+        for item in todo:
+            async with http.get(f"{base}/items/{item}/review") as r:
+                page = await r.text()
+            form = {"csrf_token": _CSRF.search(page).group(1), "base_revision": _BASE.search(page).group(1),
+                    "relevance": "1", "correctness": str(rng.randint(0, 1)), "sufficiency": "1",
+                    "answer": rng.choice("CCCA"), "approve": str(rng.randint(0, 1)), "comment": f"{name} on {item}"}
+            if think_ms:  # reading the item before submitting (0.5x to 1.5x the mean)
+                await asyncio.sleep(think_ms * rng.uniform(0.5, 1.5) / 1000)
+            times = 2 if rng.random() < resubmit else 1
+            for attempt in range(times):
+                start = time.perf_counter()
+                async with http.post(f"{base}/items/{item}/review", data=form, allow_redirects=False) as r:
+                    status, location = r.status, r.headers.get("Location", "")
+                    await r.read()
+                elapsed = (time.perf_counter() - start) * 1000
+                if status == 303 and "m=saved" in location and attempt == 0:
+                    out["latencies"].append(elapsed)
+                    out["acked"].add((item, name))
+                elif status == 303 and "already" in location and attempt == 1:
+                    out["resubmits_ok"] += 1
+                else:
+                    out["errors"].append(f"{name} {item} try {attempt + 1}: HTTP {status} {location}")
+            out["resubmits"] += times - 1
+
+
+def count_rows(url: str) -> tuple[int, int, set[tuple[str, str]]]:
+    from sqlalchemy import func, select
+
+    from curation.review.models import ReviewRow, UserRow
+    from curation.store import Store
+    store = Store(url, create=False)
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(ReviewRow.item_id, UserRow.name).join(UserRow, UserRow.id == ReviewRow.user_id)
+                            .where(ReviewRow.phase == "review")).all()
+        distinct = conn.scalar(select(func.count()).select_from(
+            select(ReviewRow.item_id, ReviewRow.user_id, ReviewRow.phase).distinct().subquery()))
+    store.close()
+    return len(rows), distinct or 0, {(i, n) for i, n in rows}
+
+
+async def wait_ready(base: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(f"{base}/healthz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the review app at {base} did not answer within {timeout_s} s")
+            await asyncio.sleep(0.05)
+
+
+async def drive(base: str, reviewers: int, resubmit: float, seed: int, think_ms: float) -> dict[str, Any]:
+    await wait_ready(base)
+    out: dict[str, Any] = {"latencies": [], "acked": set(), "errors": [], "resubmits": 0, "resubmits_ok": 0}
+    rng = random.Random(seed)
+    barrier = asyncio.Barrier(reviewers)
+    await asyncio.gather(*(reviewer(base, f"rev{i}", resubmit, random.Random(rng.random()), out, barrier, think_ms)
+                           for i in range(1, reviewers + 1)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100 items (200 reviews)")
+    parser.add_argument("--reviewers", type=int, default=50)
+    parser.add_argument("--items", type=int, default=None, help="default 100 (--quick) or 500")
+    parser.add_argument("--resubmit", type=float, default=0.1, help="fraction of POSTs sent twice")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--think-ms", type=float, default=1000.0,
+                        help="mean time a reviewer reads an item before submitting (0 = stress test)")
+    parser.add_argument("--serve", metavar="STORE_URL", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return
+    items = args.items or (100 if args.quick else 500)
+    with tempfile.TemporaryDirectory(prefix="medcot-review-load-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'review.db'}"
+        setup_store(url, args.reviewers, items)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", url], stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            line = proc.stdout.readline() if proc.stdout else ""
+            if not line.startswith("READY "):
+                raise SystemExit(f"the review app did not start: {line!r}")
+            start = time.perf_counter()
+            out = asyncio.run(drive(line.split()[1], args.reviewers, args.resubmit, args.seed, args.think_ms))
+            end = time.perf_counter()
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        rows, distinct, stored_pairs = count_rows(url)
+    lat = sorted(out["latencies"])
+    q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) >= 2 else [float("nan")] * 99
+    result = {"benchmark": "review_load", "reviewers": args.reviewers, "items": items, "submitted": len(out["acked"]),
+              "stored": rows, "lost": len(out["acked"] - stored_pairs),
+              "duplicated": (rows - distinct) + (out["resubmits"] - out["resubmits_ok"]),
+              "p50_ms": round(q[49], 1), "p95_ms": round(q[94], 1), "resubmitted": out["resubmits"],
+              "errors": len(out["errors"]), "think_ms": args.think_ms, "login_seconds": round(out["start"] - start, 2),
+              "review_seconds": round(end - out["start"], 2), "store": "sqlite"}
+    print(json.dumps(result))
+    for e in out["errors"][:10]:
+        print(f"error: {e}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""`medcot review ...`: serve the app, add accounts, agreement statistics, audit export, Label Studio interop."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from curation.cli import config_option, fail, get_config, set_option, store_option
+
+
+def _store(cfg: Any) -> Any:
+    from curation.store import Store
+    return Store(cfg.store.url)
+
+
+def register(main: click.Group) -> None:
+    @main.group()
+    def review() -> None:
+        """Expert review: the web app, accounts, agreement, audit log, Label Studio interop."""
+
+    @review.command()
+    @config_option
+    @set_option
+    @click.option("--host", default=None, help="Bind address (default review.host, 127.0.0.1).")
+    @click.option("--port", type=int, default=None, help="Port (default review.port).")
+    def serve(config_path: str | None, overrides: tuple[str, ...], host: str | None, port: int | None) -> None:
+        """Run the review web app until Ctrl-C. Needs the session key in $MEDCOT_REVIEW_SECRET (review.secret_key_env)."""
+        import uvicorn
+
+        from curation.config import ConfigError
+        from curation.review.app import create_app
+        cfg = get_config(config_path, overrides)
+        try:
+            app = create_app(cfg)
+        except ConfigError as exc:
+            fail(str(exc))
+        bind = host or cfg.review.host
+        if bind not in ("127.0.0.1", "localhost", "::1"):
+            click.echo(f"note: binding to {bind}: serve it behind HTTPS and set review.cookie_secure=true", err=True)
+        click.echo(f"review app at http://{bind}:{port or cfg.review.port} (store {cfg.store.url})")
+        uvicorn.run(app, host=bind, port=port if port is not None else cfg.review.port, log_level="info",
+                    proxy_headers=False, server_header=False)
+
+    @review.command("add-user")
+    @click.argument("name")
+    @click.option("--role", type=click.Choice(["reviewer", "panelist", "admin"]), required=True)
+    @click.option("--password-env", default=None, metavar="VAR",
+                  help="Read the password from this environment variable instead of a prompt.")
+    @store_option
+    @config_option
+    def add_user(name: str, role: str, password_env: str | None, store_url: str | None,
+                 config_path: str | None) -> None:
+        """Add a human account (argon2-hashed password, at least 10 characters)."""
+        from curation.review.auth import create_user
+        from curation.review.records import ReviewError
+        cfg = get_config(config_path, store_url=store_url)
+        if password_env:
+            password = os.environ.get(password_env, "")
+            if not password:
+                fail(f"${password_env} is empty or not set")
+        else:
+            password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+        try:
+            user = create_user(_store(cfg), name, role, password)
+        except ReviewError as exc:
+            fail(str(exc))
+        click.echo(f"added {user.role} {user.name!r} (id {user.id})")
+
+    @review.command()
+    @store_option
+    @config_option
+    @click.option("--raters", type=click.Choice(["human", "all"]), default="human",
+                  help="human: experts only (default); all: include automated reviewers.")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def stats(store_url: str | None, config_path: str | None, raters: str, as_json: bool) -> None:
+        """Agreement (Cohen per pair, Fleiss, Krippendorff's ordinal alpha), progress, validation counts."""
+        from curation.review.stats import collect, render_text
+        cfg = get_config(config_path, store_url=store_url)
+        with _store(cfg).engine.connect() as conn:
+            s = collect(conn, raters)
+        click.echo(json.dumps(s, ensure_ascii=False, default=str) if as_json else render_text(s))
+
+    @review.command("export-audit")
+    @store_option
+    @config_option
+    @click.option("--out", "out", default="-", help="JSONL file ('-' = stdout).")
+    @click.option("--item", default=None, help="Only this item's events.")
+    def export_audit(store_url: str | None, config_path: str | None, out: str, item: str | None) -> None:
+        """Every audit event (views, assignments, submissions, edits, regenerations, decisions) as JSON lines."""
+        from curation.review.labelstudio import audit_lines
+        cfg = get_config(config_path, store_url=store_url)
+        stream = sys.stdout if out == "-" else open(out, "w", encoding="utf-8")
+        try:
+            n = 0
+            for line in audit_lines(_store(cfg), item):
+                stream.write(line + "\n")
+                n += 1
+        finally:
+            if stream is not sys.stdout:
+                stream.close()
+        if out != "-":
+            click.echo(f"wrote {n} events to {out}")
+
+    @review.command("export-labelstudio")
+    @store_option
+    @config_option
+    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+    @click.option("--form", type=click.Choice(["review", "panel"]), default="review",
+                  help="review: items in initial review, binary form; panel: escalated items, rubric form.")
+    def export_labelstudio(store_url: str | None, config_path: str | None, out_dir: Path, form: str) -> None:
+        """Write Label Studio tasks JSON and the labeling config XML for the binary or rubric form."""
+        from curation.review.labelstudio import export_tasks
+        cfg = get_config(config_path, store_url=store_url)
+        tasks, config = export_tasks(_store(cfg), out_dir, form)
+        click.echo(f"wrote {tasks} tasks to {out_dir / f'tasks_{form}.json'} and {config}")
+
+    @review.command("import-labelstudio")
+    @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+    @store_option
+    @config_option
+    @set_option
+    @click.option("--annotator", "annotators", multiple=True, metavar="LS_ID_OR_EMAIL=USER",
+                  help="Map a Label Studio annotator (id or email) to a user name here (repeatable).")
+    def import_labelstudio(file: Path, store_url: str | None, config_path: str | None, overrides: tuple[str, ...],
+                           annotators: tuple[str, ...]) -> None:
+        """Import a Label Studio JSON or JSON_MIN export as reviews/rubric scores by the named annotators."""
+        from curation.review.labelstudio import import_export
+        from curation.review.records import ReviewError
+        cfg = get_config(config_path, overrides, store_url)
+        mapping = {}
+        for a in annotators:
+            if "=" not in a:
+                fail(f"--annotator expects LS_ID_OR_EMAIL=USER, got {a!r}")
+            k, v = a.split("=", 1)
+            mapping[k.strip()] = v.strip()
+        try:
+            report = import_export(_store(cfg), file, cfg.review, mapping)
+        except ReviewError as exc:
+            fail(str(exc))
+        click.echo(json.dumps(report, ensure_ascii=False))
+        if report["rejected"]:
+            sys.exit(1)

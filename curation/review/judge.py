@@ -1,0 +1,128 @@
+"""The automated reviewer: an LLM judge through the project's client, with structured outputs.
+
+It stands in for humans only where a config says `review.automated: llm` (the demo), and it triages nothing
+silently: each persona is a user of kind "llm" whose reviews and rubric scores go through the same
+submission code as a human's, and consensus never counts them as experts. A judgement that does not parse
+is retried with the next seed and then reported as a failure (the item waits; nothing is invented).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from curation.config import ReviewConfig
+from curation.llm import LLMClient, json_schema_format
+from curation.prompts import format_options
+from curation.records import ChatRequest, Item
+from curation.review.models import BINARY_DIMENSIONS, RUBRIC_DIMENSIONS
+from curation.review.prompts import load as load_prompt
+from curation.review.records import PanelInput, ReviewError, ReviewInput
+
+MAX_TEXT = 300
+
+
+@dataclass(slots=True)
+class JudgeResult:
+    """One judgement: the parsed form (None on failure), the raw text, why it failed, the stored call."""
+
+    form: ReviewInput | PanelInput | None
+    raw: str
+    reason: str = ""
+    call_ids: list[int | None] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.form is not None
+
+
+def review_schema(letters: list[str]) -> dict[str, Any]:
+    props: dict[str, Any] = {d: {"type": "integer", "enum": [0, 1]} for d in BINARY_DIMENSIONS}
+    props |= {"answer": {"type": "string", "enum": letters}, "approve": {"type": "boolean"},
+              "comment": {"type": "string", "maxLength": MAX_TEXT}}
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def panel_schema(letters: list[str]) -> dict[str, Any]:
+    scores = {d: {"type": "integer", "enum": [0, 1, 2]} for d in RUBRIC_DIMENSIONS}
+    props: dict[str, Any] = {**scores, "action": {"type": "string", "enum": ["accept", "regenerate", "discard"]},
+                             "answer": {"type": "string", "enum": letters},
+                             "feedback": {"type": "string", "maxLength": MAX_TEXT}}
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def _messages(name: str, item: Item, persona: str, **fields: Any) -> tuple[list[dict[str, str]], str]:
+    prompt = load_prompt(name, item.language)
+    user = prompt.user.format(question=item.question, options=format_options(item.options), key=item.answer,
+                              **fields)
+    return [{"role": "system", "content": prompt.system.format(persona=persona)},
+            {"role": "user", "content": user}], prompt.tag
+
+
+def history_text(attempts: list[dict[str, Any]]) -> str:
+    if not attempts:
+        return "-"
+    return "\n".join(f"#{a['attempt_no']} (round {a['round']}, {a['template']}, order {''.join(a['permutation'])}): "
+                     f"{a['letter'] or 'no answer'} ({'correct' if a['correct'] else 'wrong'})" for a in attempts)
+
+
+class Judge:
+    """`await judge.review(item, cot, persona_index)` / `await judge.panel(item, cot, attempts, round, i)`."""
+
+    def __init__(self, client: LLMClient, cfg: ReviewConfig, model: str):
+        self.client, self.cfg, self.model = client, cfg, model
+
+    async def _ask(self, item: Item, stage: str, messages: list[dict[str, str]], tag: str, schema: dict[str, Any],
+                   persona_index: int, parse: Any) -> JudgeResult:
+        j = self.cfg.judge
+        result = JudgeResult(form=None, raw="")
+        for attempt in range(j.attempts):
+            seed = j.seed + 1000 * persona_index + attempt
+            req = ChatRequest(messages=messages, model=self.model, stage=stage, item_id=item.id, prompt_version=tag,
+                              params={"temperature": j.temperature, "max_tokens": j.max_tokens, "seed": seed},
+                              response_format=json_schema_format(stage, schema))
+            reply = await self.client.chat(req)
+            result.raw, result.call_ids = reply.content, result.call_ids + [reply.call_id]
+            try:
+                result.form, result.reason = parse(json.loads(reply.content)), ""
+                return result
+            except (ValueError, TypeError, KeyError, ReviewError) as exc:
+                result.reason = f"attempt {attempt + 1} (seed {seed}, finish {reply.finish_reason}): unusable " \
+                                f"judgement: {exc}"
+        return result
+
+    async def review(self, item: Item, cot: str, persona_index: int) -> JudgeResult:
+        persona = self.cfg.judge.personas[persona_index]
+        messages, tag = _messages("review_judge", item, persona, cot=cot)
+        return await self._ask(item, "review_judge", messages, tag, review_schema(sorted(item.options)),
+                               persona_index, lambda d: _review_form(d, item))
+
+    async def panel(self, item: Item, cot: str, attempts: list[dict[str, Any]], round_: int,
+                    persona_index: int) -> JudgeResult:
+        persona = self.cfg.judge.personas[persona_index]
+        messages, tag = _messages("panel_judge", item, persona, cot=cot, round=round_, history=history_text(attempts))
+        return await self._ask(item, "panel_judge", messages, tag, panel_schema(sorted(item.options)),
+                               persona_index, lambda d: _panel_form(d, item, round_))
+
+
+def _letter(d: dict[str, Any], item: Item) -> str:
+    letter = d["answer"]
+    if letter not in item.options:
+        raise ReviewError(f"answer {letter!r} is not an option")
+    return letter
+
+
+def _review_form(d: dict[str, Any], item: Item) -> ReviewInput:
+    approve = d["approve"]
+    if not isinstance(approve, bool):
+        raise ReviewError("approve must be true or false")
+    return ReviewInput(relevance=d["relevance"], correctness=d["correctness"], sufficiency=d["sufficiency"],
+                       answer=_letter(d, item), approve=approve, comment=str(d["comment"])[:MAX_TEXT])
+
+
+def _panel_form(d: dict[str, Any], item: Item, round_: int) -> PanelInput:
+    feedback = str(d["feedback"])[:MAX_TEXT]
+    if d["action"] == "regenerate" and not feedback.strip():
+        feedback = "(no feedback given by the automated panelist)"
+    return PanelInput(round=round_, scores={k: d[k] for k in RUBRIC_DIMENSIONS}, action=d["action"],
+                      answer=_letter(d, item), feedback=feedback)

@@ -1,0 +1,184 @@
+"""The expert panel (paper 2.3.4): rubric scoring rounds, hand revision, guided regeneration.
+
+A round is the CoT revision being scored. Each assigned panelist who has not edited the CoT scores the five
+dimensions 0-2 and picks an action:
+- revise: their hand-edited CoT becomes the next revision at once; they no longer score this item, and a
+  replacement panelist is assigned;
+- regenerate / accept / discard: recorded; when every eligible panelist has scored the round it resolves:
+  any "regenerate" -> the LLM rewrites the CoT guided by ALL panelists' feedback (new revision, same
+  panelists score again; after `max_regenerations` -> adjudication); otherwise -> stage panel_done and
+  consensus weighs the accept/discard votes.
+Scores of a round are never shown to the other panelists of that round (blind until adjudication).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Connection
+
+from curation.config import GenerateConfig, ReviewConfig
+from curation.db import ItemRow
+from curation.generate import cot_request
+from curation.llm import LLMClient
+from curation.records import Event, Item
+from curation.review import assign as assigning
+from curation.review.consensus import panel_decisions, record_outcome
+from curation.review.items import current_cot, editors, get_item, lock_item, log, save_cot, set_stage
+from curation.review.models import RUBRIC_DIMENSIONS, DecisionRow, RevisionRow, RubricScoreRow
+from curation.review.prompts import load as load_prompt
+from curation.review.records import PanelInput, ReviewError, User
+from curation.store import Store
+
+
+@dataclass
+class PanelState:
+    round: int
+    eligible: list[int]  # assigned panelists who may score this round (never an editor)
+    submitted: dict[int, dict[str, Any]]  # user id -> their decision for this round
+    regenerations: int
+    status: str  # "waiting" | "regenerate" | "resolved"
+    actions: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def pending(self) -> list[int]:
+        return [u for u in self.eligible if u not in self.submitted]
+
+
+def panel_state(conn: Connection, item_id: str, cfg: ReviewConfig) -> PanelState:
+    cot = current_cot(conn, item_id)
+    rnd = int(cot["revision"]) if cot else 0
+    banned = editors(conn, item_id)
+    eligible = [u for u in assigning.assigned(conn, item_id, "panel") if u not in banned]
+    submitted = {d["user_id"]: d for d in panel_decisions(conn, item_id, rnd) if d["user_id"] in eligible}
+    regens = conn.scalar(select(func.count()).select_from(RevisionRow).where(
+        RevisionRow.item_id == item_id, RevisionRow.kind == "regenerated")) or 0
+    actions = Counter(d["kind"] for d in submitted.values())
+    complete = len(submitted) >= cfg.panel.panelists_per_item and not [u for u in eligible if u not in submitted]
+    status = "waiting" if not complete else ("regenerate" if actions["regenerate"] else "resolved")
+    return PanelState(rnd, eligible, submitted, regens, status, actions)
+
+
+def submit_panel(store: Store, item_id: str, user: User, form: PanelInput, cfg: ReviewConfig) -> str:
+    """Store one panelist's scores and action for a round; returns what happens next:
+    "waiting" | "regenerate" | "panel_done" | "adjudication" | "revised" | "already"."""
+    with store.transaction() as conn:
+        stage = lock_item(conn, item_id)
+        if not assigning.is_assigned(conn, item_id, user.id, "panel"):
+            raise ReviewError("no such panel assignment", 404)
+        if user.id in editors(conn, item_id):
+            raise ReviewError("you revised this item: other panelists score it now", 403)
+        state = panel_state(conn, item_id, cfg)
+        mine = state.submitted.get(user.id)
+        if mine is not None:
+            return _resubmitted(mine, form, state)
+        if stage != "escalated":
+            raise ReviewError(f"the panel of this item is closed (stage {stage})", 409)
+        if form.round != state.round:
+            raise ReviewError(f"the CoT changed (now revision {state.round}): reload and score the new one", 409)
+        if state.status == "regenerate":
+            raise ReviewError("a regeneration is pending for this item", 409)
+        _store_scores(conn, item_id, user, form)
+        if form.action == "revise":
+            return _revise(conn, item_id, user, form, cfg)
+        return resolve(conn, item_id, cfg)
+
+
+def _resubmitted(mine: dict[str, Any], form: PanelInput, state: PanelState) -> str:
+    same = mine["kind"] == form.action and (mine["details"] or {}).get("scores") == form.scores \
+        and form.round == state.round
+    if same:
+        return "already"
+    raise ReviewError("you already scored this revision", 409)
+
+
+def _store_scores(conn: Connection, item_id: str, user: User, form: PanelInput) -> None:
+    conn.execute(insert(RubricScoreRow), [{"item_id": item_id, "user_id": user.id, "round": form.round,
+                                           "dimension": d, "score": form.scores[d]} for d in RUBRIC_DIMENSIONS])
+    conn.execute(insert(DecisionRow).values(item_id=item_id, user_id=user.id, kind=form.action, details={
+        "round": form.round, "answer": form.answer, "feedback": form.feedback[:4000], "comment": form.comment[:4000],
+        "scores": form.scores}))
+    log(conn, Event(kind="panel_submitted", item_id=item_id, stage="panel", actor=user.name, actor_kind=user.kind,
+                    payload={"round": form.round, "action": form.action}))
+
+
+def _revise(conn: Connection, item_id: str, user: User, form: PanelInput, cfg: ReviewConfig) -> str:
+    item = get_item(conn, item_id)
+    if not save_cot(conn, item, form.revised_cot or "", user, kind="edit", call_id=None, reasoning=None,
+                    prompt_version="human-edit", finish_reason="stop"):
+        raise ReviewError("the revised CoT is identical to the current one")
+    people = assigning.pool(conn, cfg, "panel")
+    assigning.assign(conn, [item_id], "panel", cfg.panel.panelists_per_item, people)
+    return "revised"
+
+
+def resolve(conn: Connection, item_id: str, cfg: ReviewConfig) -> str:
+    """Close the current round if complete. Call under lock_item."""
+    state = panel_state(conn, item_id, cfg)
+    if state.status == "waiting":
+        return "waiting"
+    if state.status == "regenerate":
+        if state.regenerations < cfg.panel.max_regenerations:
+            return "regenerate"
+        record_outcome(conn, item_id, "adjudication", cfg,
+                       reason=f"regeneration limit: the panel still asks for changes after {state.regenerations} "
+                              "regenerations")
+        return "adjudication"
+    set_stage(conn, item_id, "panel_done", Event(kind="panel_done", item_id=item_id, stage="panel", payload={
+        "round": state.round, "actions": dict(state.actions)}))
+    return "panel_done"
+
+
+def guidance(item: Item, cot: dict[str, Any], decisions: list[dict[str, Any]]) -> tuple[str, str]:
+    """(extra user text for the CoT prompt, its prompt tag): every panelist's feedback and low scores."""
+    lines = []
+    for d in decisions:
+        details = d["details"] or {}
+        low = [k for k, v in (details.get("scores") or {}).items() if v < 2]
+        text = (details.get("feedback") or "").strip()
+        if text or low:
+            lines.append(f"- {text}" + (f" (low: {', '.join(low)})" if low else ""))
+    prompt = load_prompt("regenerate", item.language)
+    user = prompt.user.format(round=cot["revision"], feedback="\n".join(lines) or "-", cot=cot["cot"])
+    return user, prompt.tag
+
+
+async def regenerate(store: Store, client: LLMClient, gen_cfg: GenerateConfig, model: str, item_id: str,
+                     cfg: ReviewConfig) -> bool:
+    """Run a pending guided regeneration; False if none is pending (done elsewhere, or not asked for)."""
+    with store.transaction() as conn:
+        state = panel_state(conn, item_id, cfg)
+        if state.status != "regenerate" or state.regenerations >= cfg.panel.max_regenerations:
+            return False
+        item, cot = get_item(conn, item_id), current_cot(conn, item_id)
+    if cot is None:
+        raise ReviewError(f"item {item_id} has no CoT to regenerate")
+    extra, tag = guidance(item, cot, list(state.submitted.values()))
+    req = cot_request(item, gen_cfg, model, stage="regenerate", extra_user=extra)
+    req.prompt_version = f"{req.prompt_version}+{tag}"
+    result = await client.chat(req)
+    with store.transaction() as conn:
+        lock_item(conn, item_id)
+        now = panel_state(conn, item_id, cfg)
+        if now.round != state.round or now.status != "regenerate":
+            return False
+        if not save_cot(conn, get_item(conn, item_id), result.content, None, kind="regenerated",
+                        call_id=result.call_id, reasoning=result.reasoning, prompt_version=req.prompt_version,
+                        finish_reason=result.finish_reason):
+            record_outcome(conn, item_id, "adjudication", cfg, reason="regeneration unchanged: the model returned the same CoT")
+            return False
+        log(conn, Event(kind="regenerated", item_id=item_id, stage="panel", actor="llm", actor_kind="llm", payload={
+            "from_round": state.round, "call_id": result.call_id, "finish_reason": result.finish_reason}))
+    return True
+
+
+def pending_regenerations(store: Store, cfg: ReviewConfig) -> list[str]:
+    out = []
+    with store.engine.connect() as conn:
+        for item_id in conn.scalars(select(ItemRow.id).where(ItemRow.stage == "escalated")):
+            if panel_state(conn, item_id, cfg).status == "regenerate":
+                out.append(item_id)
+    return out
+

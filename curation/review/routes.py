@@ -1,0 +1,252 @@
+"""Routes of the review app (see app.py). Handlers are short: parse, check, call the submission code, render.
+
+Database work runs inline on the event loop: it is short, and in one process it then never contends for
+SQLite's write lock; password hashing (argon2, ~0.3 s of CPU) runs in a worker thread.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy import select
+
+from curation.db import EventRow
+from curation.llm import LLMClient, LLMError
+from curation.records import Event
+from curation.review import forms, views
+from curation.review.app import ReviewApp
+from curation.review.auth import SESSION_COOKIE, authenticate, list_users
+from curation.review.consensus import run_consensus
+from curation.review.items import get_item
+from curation.review.panel import regenerate, submit_panel
+from curation.review.records import ReviewError, User
+from curation.review.stats import collect, fmt
+from curation.review.submit import submit_adjudication, submit_review
+
+AUDIT_PAGE = 200
+
+
+def register(app: FastAPI, s: ReviewApp) -> None:  # noqa: C901 (a flat list of small routes)
+    def need_user(request: Request) -> User:
+        user = s.user(request)
+        if user is None:
+            raise _Redirect("/login")
+        return user
+
+    def need_admin(request: Request) -> User:
+        user = need_user(request)
+        if user.role != "admin":
+            raise ReviewError("admins only", 403)
+        return user
+
+    @app.exception_handler(_Redirect)
+    async def _redirect(request: Request, exc: _Redirect) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": "not logged in"}, status_code=401)
+        return RedirectResponse(exc.url, status_code=303)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/login")
+    async def login_page(request: Request) -> Response:
+        if s.session(request) is not None:
+            return s.render(request, "login.html", error=None)
+        cookie, data = s.sessions.new(None)  # an anonymous session carries the login form's CSRF token
+        response = HTMLResponse(s.env.get_template("login.html").render(csrf=data["csrf"], me=None, error=None))
+        s.set_cookie(response, cookie)
+        return response
+
+    @app.post("/login")
+    async def login(request: Request) -> Response:
+        data = await s.form(request)
+        ip = request.client.host if request.client else "?"
+        try:
+            user = await asyncio.to_thread(authenticate, s.store, s.throttle, str(data.get("name", "")),
+                                           str(data.get("password", "")), ip)
+        except ReviewError as exc:
+            return s.render(request, "login.html", status=exc.status, error=str(exc))
+        cookie, _ = s.sessions.new(user.id)  # a fresh session (and CSRF token) after login
+        response = RedirectResponse("/", status_code=303)
+        s.set_cookie(response, cookie)
+        return response
+
+    @app.post("/logout")
+    async def logout(request: Request) -> Response:
+        await s.form(request)
+        user = s.user(request)
+        if user:
+            s.audit(user, "logout")
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    @app.get("/")
+    async def queue(request: Request) -> Response:
+        user = need_user(request)
+        with s.store.engine.connect() as conn:
+            rows = views.my_assignments(conn, user)
+        return s.render(request, "queue.html", me=user, rows=rows, q=quote)
+
+    # ---- initial review ------------------------------------------------------------------------
+    @app.get("/items/{item_id}/review")
+    async def review_page(request: Request, item_id: str) -> Response:
+        user = need_user(request)
+        with s.store.engine.connect() as conn:
+            ctx = views.review_context(conn, item_id, user)
+        s.audit(user, "item_viewed", item_id, phase="review")
+        return s.render(request, "review.html", me=user, **ctx, message=request.query_params.get("m"))
+
+    @app.post("/items/{item_id}/review")
+    async def review_submit(request: Request, item_id: str) -> Response:
+        user = need_user(request)
+        data = await s.form(request)
+        letters = _letters(s, item_id)  # the submission code checks the assignment itself (404)
+        result = submit_review(s.store, item_id, user, forms.review_input(data, letters, allow_edits=True),
+                               s.cfg.review, actor_note="web")
+        note = "saved" if result.status == "stored" else "already saved"
+        return RedirectResponse(f"/items/{quote(item_id)}/review?m={quote(note)}", status_code=303)
+
+    # ---- panel ---------------------------------------------------------------------------------
+    @app.get("/items/{item_id}/panel")
+    async def panel_page(request: Request, item_id: str) -> Response:
+        user = need_user(request)
+        with s.store.engine.connect() as conn:
+            ctx = views.panel_context(conn, item_id, user, s.cfg.review)
+        s.audit(user, "item_viewed", item_id, phase="panel")
+        return s.render(request, "panel.html", me=user, **ctx, message=request.query_params.get("m"))
+
+    @app.post("/items/{item_id}/panel")
+    async def panel_submit(request: Request, item_id: str) -> Response:
+        user = need_user(request)
+        data = await s.form(request)
+        letters = _letters(s, item_id)  # the submission code checks the assignment itself (404)
+        status = submit_panel(s.store, item_id, user, forms.panel_input(data, letters), s.cfg.review)
+        if status == "regenerate":
+            s.spawn(_regenerate(s, item_id))
+        return RedirectResponse(f"/items/{quote(item_id)}/panel?m={quote(status)}", status_code=303)
+
+    # ---- adjudication --------------------------------------------------------------------------
+    @app.get("/items/{item_id}/adjudicate")
+    async def adjudicate_page(request: Request, item_id: str) -> Response:
+        user = need_user(request)
+        with s.store.engine.connect() as conn:
+            views.phase_access(conn, item_id, user, "adjudication")
+            ctx = views.full_context(conn, item_id)
+            mine = views.own_review(conn, item_id, user, "adjudication")
+        s.audit(user, "item_viewed", item_id, phase="adjudication")
+        return s.render(request, "adjudicate.html", me=user, **ctx, mine=mine, message=request.query_params.get("m"))
+
+    @app.post("/items/{item_id}/adjudicate")
+    async def adjudicate_submit(request: Request, item_id: str) -> Response:
+        user = need_user(request)
+        data = await s.form(request)
+        letters = _letters(s, item_id)  # the submission code checks the assignment itself (404)
+        result = submit_adjudication(s.store, item_id, user, forms.review_input(data, letters, allow_edits=False),
+                                     s.cfg.review)
+        note = f"{result.outcome}: {result.reason}" if result.outcome else result.status
+        return RedirectResponse(f"/items/{quote(item_id)}/adjudicate?m={quote(note)}", status_code=303)
+
+    # ---- JSON API (read-only; same access rules as the pages) ----------------------------------
+    @app.get("/api/me")
+    async def api_me(request: Request) -> dict[str, Any]:
+        user = need_user(request)
+        return {"name": user.name, "role": user.role, "kind": user.kind}
+
+    @app.get("/api/assignments")
+    async def api_assignments(request: Request) -> list[dict[str, Any]]:
+        user = need_user(request)
+        with s.store.engine.connect() as conn:
+            return views.my_assignments(conn, user)
+
+    @app.get("/api/items/{item_id}")
+    async def api_item(request: Request, item_id: str) -> dict[str, Any]:
+        user = need_user(request)
+        with s.store.engine.connect() as conn:
+            out = views.api_item(conn, item_id, user)
+        s.audit(user, "item_viewed", item_id, phase="api")
+        return out
+
+    @app.get("/api/reviews/{review_id}")
+    async def api_review(request: Request, review_id: int) -> dict[str, Any]:
+        user = need_user(request)
+        with s.store.engine.connect() as conn:
+            return views.api_review(conn, review_id, user)
+
+    # ---- admin ---------------------------------------------------------------------------------
+    @app.get("/admin")
+    async def admin(request: Request) -> Response:
+        user = need_admin(request)
+        with s.store.engine.connect() as conn:
+            stats = collect(conn, "human")
+            users = list_users(conn)
+            queue = [dict(item_id=it.id, question=it.question[:140]) for it in s.store.items(stage="adjudication")]
+        return s.render(request, "admin.html", me=user, stats=stats, users=users, queue=queue, q=quote,
+                        message=request.query_params.get("m"))
+
+    @app.post("/admin/consensus")
+    async def admin_consensus(request: Request) -> Response:
+        user = need_admin(request)
+        await s.form(request)
+        summary = run_consensus(s.store, s.cfg.review)
+        s.audit(user, "consensus_run", outcomes=dict(summary.outcomes))
+        note = ", ".join(f"{k} {v}" for k, v in summary.outcomes.items()) or "nothing to decide"
+        return RedirectResponse(f"/admin?m={quote(note)}", status_code=303)
+
+    @app.get("/admin/agreement")
+    async def agreement(request: Request) -> Response:
+        user = need_admin(request)
+        raters = request.query_params.get("raters", "human")
+        if raters not in ("human", "all"):
+            raise ReviewError("raters is human or all")
+        with s.store.engine.connect() as conn:
+            stats = collect(conn, raters)
+        return s.render(request, "agreement.html", me=user, stats=stats, fmt=fmt)
+
+    @app.get("/admin/audit")
+    async def audit(request: Request) -> Response:
+        user = need_admin(request)
+        query = select(EventRow).order_by(EventRow.id.desc()).limit(AUDIT_PAGE)
+        if item := request.query_params.get("item"):
+            query = query.where(EventRow.item_id == item)
+        if kind := request.query_params.get("kind"):
+            query = query.where(EventRow.kind == kind)
+        if (before := request.query_params.get("before", "")).isdigit():
+            query = query.where(EventRow.id < int(before))
+        with s.store.engine.connect() as conn:
+            events = [dict(r) for r in conn.execute(query).mappings()]
+        return s.render(request, "audit.html", me=user, events=events, q=quote, page=AUDIT_PAGE,
+                        item=item or "", kind=kind or "")
+
+    @app.get("/admin/items/{item_id}")
+    async def admin_item(request: Request, item_id: str) -> Response:
+        user = need_admin(request)
+        with s.store.engine.connect() as conn:
+            ctx = views.full_context(conn, item_id)
+        s.audit(user, "item_viewed", item_id, phase="admin")
+        return s.render(request, "admin_item.html", me=user, **ctx)
+
+
+def _letters(s: ReviewApp, item_id: str) -> list[str]:
+    with s.store.engine.connect() as conn:
+        return sorted(get_item(conn, item_id).options)
+
+
+class _Redirect(Exception):
+    def __init__(self, url: str):
+        self.url = url
+
+
+async def _regenerate(s: ReviewApp, item_id: str) -> None:
+    """A panel asked for a guided regeneration: run it now through the configured LLM. If the LLM cannot be
+    reached the request stays pending (shown on the page, logged) and the `panel` stage of `medcot run` does it."""
+    try:
+        async with LLMClient(s.cfg.llm, s.store) as client:
+            await regenerate(s.store, client, s.cfg.generate, s.cfg.llm.model, item_id, s.cfg.review)
+    except (LLMError, ReviewError) as exc:
+        s.store.log_event(Event(kind="regeneration_failed", item_id=item_id, stage="panel", actor="llm",
+                                actor_kind="llm", payload={"error": str(exc)[:2000]}))

@@ -1,0 +1,161 @@
+"""What each person may see of an item, as plain dicts for the templates and the JSON API.
+
+Blindness lives here: a reviewer sees the item and only THEIR OWN review; a panelist sees the five-strike
+history, the earlier (initial) reviews, the CoT revisions and only their own rubric scores; adjudicators and
+admins see everything. Who may open what is decided by `phase_access`, used by every page and API route.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from curation.db import EventRow, ItemRow
+from curation.review.assign import is_assigned
+from curation.review.consensus import panel_decisions
+from curation.review.items import attempts, cot_history, current_cot, editors, get_item, revision_count, revisions
+from curation.review.models import RUBRIC_DIMENSIONS, AssignmentRow, ReviewRow, RubricScoreRow, UserRow
+from curation.review.panel import panel_state
+from curation.review.records import ReviewError, User
+from curation.review.submit import may_adjudicate
+
+
+def phase_access(conn: Connection, item_id: str, user: User, phase: str) -> None:
+    """Raise 404 unless the user may open this item in this phase (never reveals whether it exists)."""
+    if phase == "adjudication":
+        ok = may_adjudicate(conn, item_id, user)
+    elif phase in ("review", "panel"):
+        ok = is_assigned(conn, item_id, user.id, phase)
+    else:
+        ok = False
+    if not ok:
+        raise ReviewError("not found", 404)
+
+
+def item_core(conn: Connection, item_id: str) -> dict[str, Any]:
+    item = get_item(conn, item_id)
+    cot = current_cot(conn, item_id)
+    return {"id": item.id, "language": item.language, "question": item.question, "options": dict(sorted(item.options.items())),
+            "key": item.answer, "stage": item.stage, "origin": item.origin, "specialty": item.specialty,
+            "cot": cot["cot"] if cot else "", "cot_answer": cot["answer"] if cot else None,
+            "round": int(cot["revision"]) if cot else 0, "base_revision": revision_count(conn, item_id)}
+
+
+def own_review(conn: Connection, item_id: str, user: User, phase: str) -> dict[str, Any] | None:
+    row = conn.execute(select(ReviewRow).where(ReviewRow.item_id == item_id, ReviewRow.user_id == user.id,
+                                               ReviewRow.phase == phase)).mappings().first()
+    return dict(row) if row else None
+
+
+def reviews_of(conn: Connection, item_id: str, phase: str | None = None) -> list[dict[str, Any]]:
+    q = (select(*ReviewRow.__table__.c, UserRow.name.label("user_name"), UserRow.kind.label("user_kind"))
+         .join(UserRow, UserRow.id == ReviewRow.user_id).where(ReviewRow.item_id == item_id).order_by(ReviewRow.id))
+    if phase is not None:
+        q = q.where(ReviewRow.phase == phase)
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def own_scores(conn: Connection, item_id: str, user: User) -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = {}
+    for rnd, dim, score in conn.execute(select(RubricScoreRow.round, RubricScoreRow.dimension, RubricScoreRow.score)
+                                        .where(RubricScoreRow.item_id == item_id, RubricScoreRow.user_id == user.id)):
+        out.setdefault(rnd, {})[dim] = score
+    return out
+
+
+def all_scores(conn: Connection, item_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(select(RubricScoreRow.round, RubricScoreRow.dimension, RubricScoreRow.score, UserRow.name)
+                        .join(UserRow, UserRow.id == RubricScoreRow.user_id)
+                        .where(RubricScoreRow.item_id == item_id)).all()
+    table: dict[tuple[int, str], dict[str, Any]] = {}
+    for rnd, dim, score, name in rows:
+        table.setdefault((rnd, name), {"round": rnd, "user": name})[dim] = score
+    return [table[k] for k in sorted(table)]
+
+
+def review_context(conn: Connection, item_id: str, user: User) -> dict[str, Any]:
+    phase_access(conn, item_id, user, "review")
+    return {"item": item_core(conn, item_id), "mine": own_review(conn, item_id, user, "review")}
+
+
+def regeneration_error(conn: Connection, item_id: str) -> str | None:
+    """The error of the last failed guided regeneration, if none succeeded since."""
+    rows = conn.execute(select(EventRow.kind, EventRow.payload).where(
+        EventRow.item_id == item_id, EventRow.kind.in_(("regenerated", "regeneration_failed")))
+        .order_by(EventRow.id.desc()).limit(1)).first()
+    return str(rows[1].get("error")) if rows and rows[0] == "regeneration_failed" else None
+
+
+def panel_context(conn: Connection, item_id: str, user: User, cfg: Any) -> dict[str, Any]:
+    phase_access(conn, item_id, user, "panel")
+    state = panel_state(conn, item_id, cfg)
+    mine = state.submitted.get(user.id)
+    return {"item": item_core(conn, item_id), "attempts": attempts(conn, item_id),
+            "earlier_reviews": reviews_of(conn, item_id, "review"), "cots": cot_history(conn, item_id),
+            "revisions": [r for r in revisions(conn, item_id) if r["field"] == "cot"],
+            "my_scores": own_scores(conn, item_id, user), "dimensions": RUBRIC_DIMENSIONS,
+            "mine": mine, "panel_status": state.status, "editor": user.id in editors(conn, item_id),
+            "pending_others": len([u for u in state.pending if u != user.id]),
+            "regen_error": regeneration_error(conn, item_id) if state.status == "regenerate" else None}
+
+
+def full_context(conn: Connection, item_id: str) -> dict[str, Any]:
+    """Everything about an item (adjudicators and admins)."""
+    return {"item": item_core(conn, item_id), "attempts": attempts(conn, item_id),
+            "reviews": reviews_of(conn, item_id), "cots": cot_history(conn, item_id),
+            "revisions": revisions(conn, item_id), "scores": all_scores(conn, item_id),
+            "panel": sorted(panel_decisions(conn, item_id), key=lambda d: d["id"]), "dimensions": RUBRIC_DIMENSIONS}
+
+
+def my_assignments(conn: Connection, user: User) -> list[dict[str, Any]]:
+    rows = conn.execute(select(AssignmentRow.item_id, AssignmentRow.phase, ItemRow.stage, ItemRow.question)
+                        .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+                        .where(AssignmentRow.user_id == user.id).order_by(AssignmentRow.id)).mappings().all()
+    done = {(r, p) for r, p in conn.execute(select(ReviewRow.item_id, ReviewRow.phase)
+                                            .where(ReviewRow.user_id == user.id))}
+    scored = {(r, p) for r, p in conn.execute(select(RubricScoreRow.item_id, RubricScoreRow.round)
+                                              .where(RubricScoreRow.user_id == user.id))}
+    out = []
+    for r in rows:
+        open_stage = {"review": "generated", "panel": "escalated", "adjudication": "adjudication"}[r["phase"]]
+        if r["phase"] == "panel":
+            rnd = current_cot(conn, r["item_id"])
+            is_done = (r["item_id"], int(rnd["revision"]) if rnd else 0) in scored
+        else:
+            is_done = (r["item_id"], r["phase"]) in done
+        out.append({"item_id": r["item_id"], "phase": r["phase"], "question": r["question"][:140],
+                    "done": is_done, "open": r["stage"] == open_stage and not is_done})
+    return out
+
+
+def api_item(conn: Connection, item_id: str, user: User) -> dict[str, Any]:
+    """The JSON view of an item for someone assigned to it in any phase (own reviews only)."""
+    phases = [p for p in ("review", "panel", "adjudication") if _may(conn, item_id, user, p)]
+    if not phases and user.role != "admin":
+        raise ReviewError("not found", 404)
+    core = item_core(conn, item_id)
+    core["my_reviews"] = [_public_review(r) for r in reviews_of(conn, item_id) if r["user_id"] == user.id]
+    core["phases"] = phases
+    return core
+
+
+def _may(conn: Connection, item_id: str, user: User, phase: str) -> bool:
+    try:
+        phase_access(conn, item_id, user, phase)
+        return True
+    except ReviewError:
+        return False
+
+
+def _public_review(r: dict[str, Any]) -> dict[str, Any]:
+    keys = ("id", "item_id", "phase", "relevance", "correctness", "sufficiency", "answer", "approve", "comment")
+    return {k: r[k] for k in keys} | {"created_at": str(r["created_at"])}
+
+
+def api_review(conn: Connection, review_id: int, user: User) -> dict[str, Any]:
+    """One review: its author, or an admin. Anyone else gets 404 (not 403: no existence oracle)."""
+    row = conn.execute(select(ReviewRow).where(ReviewRow.id == review_id)).mappings().first()
+    if row is None or (row["user_id"] != user.id and user.role != "admin"):
+        raise ReviewError("not found", 404)
+    return _public_review(dict(row))

@@ -1,0 +1,127 @@
+"""The review on a real PostgreSQL server: the whole workflow, concurrent submissions under the item lock,
+and the web app on top of it."""
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, func, select, text
+
+from curation.config import ReviewConfig, load_config
+from curation.review import assign as assigning
+from curation.review import sample
+from curation.review.app import create_app
+from curation.review.consensus import run_consensus
+from curation.review.models import ReviewRow, RevisionRow
+from curation.review.panel import submit_panel
+from curation.review.records import Edits, PanelInput, ReviewError, ReviewInput
+from curation.review.stats import collect
+from curation.review.submit import submit_adjudication, submit_review
+from curation.store import Store
+
+pytestmark = pytest.mark.postgres
+PW = "correct horse battery"
+ALL2 = {d: 2 for d in ("medical_correctness", "reasoning_structure", "information_sufficiency",
+                       "terminology_clarity", "clinical_utility")}
+
+
+@pytest.fixture
+def pg_store(pg_url: str):
+    """A fresh database on the session's PostgreSQL server (dropped afterwards)."""
+    name = f"review_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    store = Store(pg_url.rsplit("/", 1)[0] + f"/{name}")
+    assert store.engine.dialect.name == "postgresql"
+    try:
+        yield store
+    finally:
+        store.close()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_workflow_on_postgres(pg_store: Store):
+    cfg = ReviewConfig()
+    store = pg_store
+    ids = sample.add_items(store, 3)
+    users = sample.add_users(store, PW, reviewers=3, panelists=2, admins=1)
+    by_id = {u.id: u for u in users.values()}
+    with store.transaction() as conn:
+        assigning.assign(conn, ids, "review", 2, assigning.pool(conn, cfg, "review"))
+        who = {i: assigning.assigned(conn, i, "review") for i in ids}
+    good = dict(relevance=1, correctness=1, sufficiency=1, answer="C", approve=True)
+    # item 0: two reviewers submit at the same moment, one of them with an edit
+    errors: list[Exception] = []
+
+    def go(uid: int, edits: Edits) -> None:
+        try:
+            submit_review(store, ids[0], by_id[uid], ReviewInput(**good, base_revision=0, edits=edits), cfg)
+        except ReviewError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(who[ids[0]][0], Edits(cot="Edited.\nAnswer: C"))),
+               threading.Thread(target=go, args=(who[ids[0]][1], Edits()))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with store.engine.connect() as conn:
+        n_reviews = conn.scalar(select(func.count()).select_from(ReviewRow).where(ReviewRow.item_id == ids[0]))
+        n_revs = conn.scalar(select(func.count()).select_from(RevisionRow))
+    # serialized by the row lock: either both landed (the plain review first) or the later one saw the edit
+    assert n_revs == 1 and n_reviews + len(errors) == 2
+    assert all(e.status == 409 for e in errors)
+    for uid in who[ids[1]]:
+        submit_review(store, ids[1], by_id[uid], ReviewInput(**good), cfg)
+    x, y = who[ids[2]]
+    submit_review(store, ids[2], by_id[x], ReviewInput(**good), cfg)
+    submit_review(store, ids[2], by_id[y], ReviewInput(**{**good, "answer": "B"}), cfg)
+    sample.set_stage(store, ids[1], "strikes_passed")
+    sample.set_stage(store, ids[2], "strikes_passed")
+    assert run_consensus(store, cfg).outcomes == {"approved": 1, "adjudication": 1}
+    assert submit_adjudication(store, ids[2], users["admin1"], ReviewInput(**good), cfg).outcome == "approved"
+    if errors:  # the item whose second review was refused: finish it the way the app would (reload, review)
+        late = next(u for u in who[ids[0]] if u not in _reviewers(store, ids[0]))
+        submit_review(store, ids[0], by_id[late], ReviewInput(**good, base_revision=1), cfg)
+    sample.fail_five_strikes(store, ids[0])
+    with store.transaction() as conn:
+        assigning.assign(conn, [ids[0]], "panel", 2, assigning.pool(conn, cfg, "panel"))
+    for p in (users["pan1"], users["pan2"]):
+        submit_panel(store, ids[0], p, PanelInput(1, ALL2, "accept", "C"), cfg)
+    assert run_consensus(store, cfg).outcomes == {"approved": 1}
+    assert {it.stage for it in store.items()} == {"approved"}
+    with store.engine.connect() as conn:
+        s = collect(conn)
+    assert s["validation"] == {"expert_validated": 3, "automated_only": 0}
+    assert s["krippendorff_rubric"]["clinical_utility"]["units"] == 1
+
+
+def _reviewers(store: Store, item_id: str) -> set[int]:
+    with store.engine.connect() as conn:
+        return set(conn.scalars(select(ReviewRow.user_id).where(ReviewRow.item_id == item_id)))
+
+
+def test_app_on_postgres(pg_store: Store):
+    cfg = load_config(None, [f"store.url={pg_store.url}"])
+    ids = sample.add_items(pg_store, 1, cot_extra="<script>alert(1)</script>")
+    sample.add_users(pg_store, PW, reviewers=2, panelists=0, admins=1)
+    with pg_store.transaction() as conn:
+        assigning.assign(conn, ids, "review", 2, assigning.pool(conn, cfg.review, "review"))
+    app = create_app(cfg, secret_key="k" * 40, store=pg_store)
+    for name in ("rev1", "rev2"):
+        c = TestClient(app, base_url="http://127.0.0.1")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/login").text).group(1)
+        c.post("/login", data={"name": name, "password": PW, "csrf_token": token})
+        page = c.get(f"/items/{ids[0]}/review").text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        r = c.post(f"/items/{ids[0]}/review", data={"relevance": "1", "correctness": "1", "sufficiency": "1",
+                                                    "answer": "C", "approve": "1", "csrf_token": token})
+        assert r.status_code == 200 and "saved" in r.text
+    assert pg_store.items()[0].stage == "reviewed"
