@@ -57,9 +57,10 @@ async def _generate(ctx: RunContext) -> dict[str, Any]:
 
 @stage("export")
 async def _export(ctx: RunContext) -> dict[str, Any]:
-    from dataset_builder.minimal import export_minimal
-    folder = export_minimal(ctx.store, ctx.out_dir / "dataset")
-    return {"dataset_dir": str(folder)}
+    """The same release builder as the `build` stage (dataset_builder), kept under its old name for configs
+    that list `export`; configs whose later stages read the release (train, eval) list `build`."""
+    from dataset_builder.stages import build_stage
+    return await build_stage(ctx)
 
 
 # Modules that register more stages with @stage (expansion, five-strike, review, release, training, eval).

@@ -1,0 +1,109 @@
+"""The README.md dataset card: YAML (configs + dataset_info for every column, so `load_dataset` restores the
+features) and a body rendered from `card.md.j2`. No timestamps: identical inputs give identical bytes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from huggingface_hub import DatasetCardData
+
+from dataset_builder.features import COLUMN_HELP, CONFIGS, SPLITS, VALIDATION_NOTES
+from dataset_builder.writer import SplitFiles, configs_yaml, dataset_infos
+
+TEMPLATE = Path(__file__).with_name("card.md.j2")
+CONFIG_WHAT = {
+    "validated": "items approved by consensus (current wording and CoT, reviews, rubric, five-strike history)",
+    "unvalidated": "the same pipeline's raw LLM output before any review (original wording, initial CoT)",
+    "panel": "items escalated to the expert panel, with all rubric scores and the outcome",
+}
+
+
+@dataclass
+class CardInputs:
+    pretty_name: str
+    license: str
+    repo_or_path: str
+    pipeline_version: str
+    seed: int
+    fractions: dict[str, float]
+    threshold: float
+    languages: list[str]
+    written: dict[str, list[SplitFiles]]   # configs with rows -> their non-empty splits
+    default: str | None
+    automated_in_validated: bool
+    figures: dict[str, str]                # "specialty" / "rubric" -> relative path
+    stats: Any                             # dataset_builder.stats.ReleaseStats
+    agreement: dict[str, Any]
+    near_dups: dict[str, dict[str, int]]   # config -> split -> eval rows with a train near-duplicate
+    total_items: int
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "n>1M"
+
+
+def card_yaml(inp: CardInputs) -> str:
+    data = DatasetCardData(pretty_name=inp.pretty_name, license=inp.license, language=inp.languages,
+                           task_categories=["question-answering"], tags=["medical", "chain-of-thought",
+                                                                         "multiple-choice", "rubric"],
+                           size_categories=[_size_category(inp.total_items)],
+                           configs=configs_yaml(inp.written, inp.default))
+    dataset_infos(inp.written, "medcot release").to_dataset_card_data(data)
+    return data.to_yaml()
+
+
+def _config_rows(inp: CardInputs) -> tuple[list[dict[str, Any]], list[str]]:
+    rows, notes = [], []
+    for c in CONFIGS:
+        files = {f.name: f.num_examples for f in inp.written.get(c, [])}
+        rows.append({"name": c, "what": CONFIG_WHAT[c], "default": c == inp.default, "written": bool(files),
+                     "counts": {s: files.get(s, 0) for s in SPLITS}})
+        if not files:
+            notes.append(f"`{c}` has no rows in this build and is not declared (load_dataset cannot load an "
+                         f"empty config).")
+        elif len(files) < len(SPLITS):
+            missing = [s for s in SPLITS if s not in files]
+            notes.append(f"`{c}`: split(s) {', '.join(missing)} have no rows and are not declared.")
+    if inp.default is None:
+        notes.append("No default config is declared because `validated` is empty: name a config explicitly.")
+    return rows, notes
+
+
+def _config_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| config | what it holds | " + " | ".join(SPLITS) + " |", "|---|---|" + "---:|" * len(SPLITS)]
+    for c in rows:
+        name = f"`{c['name']}`" + (" (default)" if c["default"] else "")
+        lines.append(f"| {name} | {c['what']} | " + " | ".join(str(c["counts"][s]) for s in SPLITS) + " |")
+    return lines
+
+
+def _agreement_views(inp: CardInputs) -> list[tuple[str, str]]:
+    titles = {"human": "human experts only", "all": "all raters, automated reviewers included"}
+    return [(v, t) for v, t in titles.items() if v in inp.agreement]
+
+
+def render_card(inp: CardInputs) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)), trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    config_rows, config_notes = _config_rows(inp)
+    st = inp.stats
+    body = env.get_template(TEMPLATE.name).render(
+        pretty_name=inp.pretty_name, automated_in_validated=inp.automated_in_validated, notes=VALIDATION_NOTES,
+        pipeline_version=inp.pipeline_version, config_table=_config_table(config_rows), config_rows=config_rows,
+        config_notes=config_notes, agreement_views=_agreement_views(inp),
+        repo_or_path=inp.repo_or_path, seed=inp.seed, fractions=inp.fractions, steps=st.steps,
+        first_correct=st.first_correct, rejected_by_check=st.rejected_by_check, top_reasons=st.top_rejection_reasons,
+        excluded=st.excluded, absent=st.absent, specialty_figure=inp.figures.get("specialty"),
+        rubric_figure=inp.figures.get("rubric"), specialties=st.specialties, reviewer_kinds=st.reviewer_kinds,
+        judgements_by_kind=st.judgements_by_kind, decisions=st.decisions, agreement=inp.agreement, fmt=_fmt,
+        threshold=inp.threshold, near_dups=inp.near_dups, sources=st.sources, columns=COLUMN_HELP)
+    return f"---\n{card_yaml(inp)}\n---\n\n{body}"
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"

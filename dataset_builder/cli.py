@@ -1,0 +1,65 @@
+"""`medcot build` and `medcot push`, registered on the main command group by curation.cli.
+
+    medcot build --config configs/demo.yaml --out runs/demo/release
+    medcot push runs/demo/release --repo-id ORG/NAME [--private] [--dry-run]
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def register(main: click.Group) -> None:
+    main.add_command(build)
+    main.add_command(push)
+
+
+@click.command()
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
+              help="YAML config (defaults < YAML < --set); its `build:` section and store.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (repeatable).")
+@click.option("--store", "store_url", help="Store URL or SQLite file (overrides store.url).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Release folder to write (replaced only if it holds a previous release).")
+@click.option("--json", "as_json", is_flag=True, help="Print the build summary as one JSON line.")
+def build(config_path: str | None, overrides: tuple[str, ...], store_url: str | None, out_dir: Path,
+          as_json: bool) -> None:
+    """Build the Hugging Face release (Parquet configs validated/unvalidated/panel, card, figures, lm-eval task)
+    from the store. Integrity violations: exit 2, nothing written."""
+    from curation.cli import fail, get_config
+    from curation.store import Store
+    from dataset_builder.build import BuildError, build_release
+    from dataset_builder.integrity import ReleaseIntegrityError
+    cfg = get_config(config_path, overrides, store_url)
+    store = Store(cfg.store.url)
+    try:
+        result = build_release(store, cfg.build, out_dir)
+    except (ReleaseIntegrityError, BuildError) as exc:
+        fail(str(exc))
+    finally:
+        store.close()
+    summary = result.summary()
+    click.echo(json.dumps(summary, ensure_ascii=False) if as_json else summary["markdown"])
+
+
+@click.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo-id", required=True, help="Hub dataset repository, ORG/NAME.")
+@click.option("--private", is_flag=True, help="Create the repository as private.")
+@click.option("--dry-run", is_flag=True, help="List the operations; no network, no token needed.")
+def push(folder: Path, repo_id: str, private: bool, dry_run: bool) -> None:
+    """Upload a built release FOLDER to the Hugging Face Hub (token from $HF_TOKEN)."""
+    from curation.cli import fail
+    from dataset_builder.push import PushError, plan_push, push as run_push
+    try:
+        plan = plan_push(folder, repo_id, private)
+        if dry_run:
+            click.echo("dry run, nothing uploaded:")
+            for op in plan.operations():
+                click.echo(op)
+            return
+        click.echo(f"pushed: {run_push(plan)}")
+    except PushError as exc:
+        fail(str(exc))

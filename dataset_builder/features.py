@@ -1,0 +1,128 @@
+"""The release schema, defined once: `datasets.Features` shared by every config (validated, unvalidated,
+panel), and the typed row that the builder fills before anything is written.
+
+Absent information is null (or an empty list), never a made-up value: an item the five-strike stage has
+not seen has `five_strike.escalated = null`; an item without a decision has `consensus.outcome = null`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasets import ClassLabel, Features, List, Value
+
+LETTERS = ("A", "B", "C", "D", "E")
+CONFIGS = ("validated", "unvalidated", "panel")
+SPLITS = ("train", "validation", "test")
+VALIDATION_LABELS = ("expert", "automated", "none")
+VALIDATION_NOTES = {
+    "expert": "expert-validated: approved by consensus of at least two human experts",
+    "automated": "automated, NOT expert-validated: approved by automated (LLM/demo) reviewers",
+    "none": "not validated: raw LLM output before any review",
+}
+REVISION_STATUSES = ("unchanged", "modified", "regenerated")
+
+_S = Value("string")
+
+FIVE_STRIKE = {
+    "attempts": List({"round": Value("int32"), "attempt": Value("int32"), "template": _S, "letter": _S,
+                      "correct": Value("bool")}),
+    "first_correct_attempt": Value("int32"),  # in the latest round; null = none correct (or not run)
+    "escalated": Value("bool"),               # null = five-strike not run for this item
+}
+REVIEW = {"phase": _S, "reviewer_kind": _S, "reviewer_id_hash": _S, "relevance": Value("int8"),
+          "correctness": Value("int8"), "sufficiency": Value("int8"), "answer": _S, "approve": Value("bool")}
+RUBRIC = {"round": Value("int32"), "dimension": _S, "score": Value("int8"), "rater_kind": _S, "rater_id_hash": _S}
+CONSENSUS = {"outcome": _S, "human_approvals": Value("int32"), "automated_approvals": Value("int32"),
+             "expert_validated": Value("bool")}
+PROVENANCE = {"model": _S, "prompt_version": _S, "prompt_versions": List(_S), "pipeline_version": _S}
+
+FEATURES = Features({
+    "id": _S,
+    "family_id": _S,
+    "parent_id": _S,
+    "origin": _S,
+    "language": _S,
+    "question": _S,
+    "options": {k: _S for k in LETTERS},
+    "answer": ClassLabel(names=list(LETTERS)),
+    "cot": _S,
+    "cot_answer": _S,
+    "specialty": _S,
+    "subject": _S,
+    "aspect": _S,
+    "source": _S,
+    "licence": _S,
+    "five_strike": FIVE_STRIKE,
+    "reviews": List(REVIEW),
+    "rubric": List(RUBRIC),
+    "consensus": CONSENSUS,
+    "validation": _S,
+    "validation_note": _S,
+    "revision_status": _S,
+    "provenance": PROVENANCE,
+})
+
+COLUMN_HELP = {
+    "id": "item id (seed id, or a derived id for expanded items)",
+    "family_id": "id of the seed the item derives from; splits are made by family",
+    "parent_id": "the item it was expanded from (null for seeds)",
+    "origin": "seed or expanded",
+    "language": "zh or en",
+    "question": "question text (validated/panel: after expert revisions; unvalidated: original)",
+    "options": "options A-E; a missing option is null",
+    "answer": "answer key, ClassLabel A-E",
+    "cot": "chain of thought ending in a final-answer line (unvalidated: the initial LLM output)",
+    "cot_answer": "letter the CoT commits to (project extractor; null = no answer found)",
+    "specialty": "clinical specialty key (null = not assigned)",
+    "subject": "subject label of the seed source (null if none)",
+    "aspect": "question type of an expanded item (null for seeds)",
+    "source": "seed provenance: repository@commit path",
+    "licence": "licence of the seed source",
+    "five_strike": "re-answering attempts without the explanation; first correct attempt; escalated",
+    "reviews": "initial reviews: reviewer kind, hashed reviewer id, binary judgements, answer, approval",
+    "rubric": "panel rubric scores (5 dimensions, 0-2) per round, rater kind and hashed rater id",
+    "consensus": "current decision: outcome, human/automated approvals, expert_validated",
+    "validation": "expert, automated or none",
+    "validation_note": "the validation label in words",
+    "revision_status": "unchanged, modified (edited by a person) or regenerated (by the LLM, panel-guided)",
+    "provenance": "generator model, CoT prompt version, all prompt versions used on the item, pipeline version",
+}
+
+
+@dataclass(slots=True)
+class ReleaseRow:
+    """One row of the release, in the shape of FEATURES (nested values are plain dicts/lists)."""
+
+    id: str
+    family_id: str
+    parent_id: str | None
+    origin: str
+    language: str
+    question: str
+    options: dict[str, str | None]
+    answer: str  # a letter; encoded to the ClassLabel index when written
+    cot: str
+    cot_answer: str | None
+    specialty: str | None
+    subject: str | None
+    aspect: str | None
+    source: str
+    licence: str | None
+    five_strike: dict[str, Any]
+    reviews: list[dict[str, Any]]
+    rubric: list[dict[str, Any]]
+    consensus: dict[str, Any]
+    validation: str
+    validation_note: str
+    revision_status: str
+    provenance: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)  # builder-only facts for the checks (not written)
+
+
+def empty_five_strike() -> dict[str, Any]:
+    return {"attempts": [], "first_correct_attempt": None, "escalated": None}
+
+
+def empty_consensus() -> dict[str, Any]:
+    return {"outcome": None, "human_approvals": 0, "automated_approvals": 0, "expert_validated": False}
