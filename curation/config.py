@@ -92,30 +92,32 @@ EXPAND_ASPECTS = ["indication", "contraindication", "mechanism", "diagnosis", "n
 
 
 # Sampling defaults per use. Subclasses (not default_factory lambdas) so that a partial override in YAML or
-# --set (e.g. `strikes.sampling.max_tokens=256`) keeps the other defaults of that use.
+# --set (e.g. `strikes.sampling.max_tokens=256`) keeps the other defaults of that use. max_tokens defaults
+# leave room for a reasoning model (DeepSeek-R1 thinks inside max_tokens; a cut-off answer is no answer);
+# structured outputs end as soon as their JSON is complete, so a large limit costs nothing there.
 @dataclass
 class FactsSampling(SamplingConfig):
     temperature: float = 0.2
-    max_tokens: int = 512
+    max_tokens: int = 4096
 
 
 @dataclass
 class QuestionSampling(SamplingConfig):
     temperature: float = 0.8
-    max_tokens: int = 512
+    max_tokens: int = 4096
 
 
 @dataclass
 class SpecialtySampling(SamplingConfig):
     temperature: float = 0.0
-    max_tokens: int = 48
+    max_tokens: int = 1024
     seed: int | None = None
 
 
 @dataclass
 class StrikeSampling(SamplingConfig):
     temperature: float = 0.7
-    max_tokens: int = 512
+    max_tokens: int = 8192
     seed: int | None = field(default=0, metadata={"help": "attempt k uses seed + k (None: unseeded)"})
 
 
@@ -193,6 +195,139 @@ class RunConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """The automated reviewer (an LLM judge through the client); its reviews are kind "llm", never expert."""
+
+    personas: list[str] = field(default_factory=lambda: ["judge-a", "judge-b"],
+                                metadata={"help": "one automated reviewer per persona (user name llm:<persona>)"})
+    temperature: float = 0.3
+    max_tokens: int = 400
+    seed: int = field(default=0, metadata={"help": "persona i samples with seed + i"})
+    attempts: int = field(default=2, metadata={"help": "tries (new seed each) before a judgement is reported failed"})
+
+    def __post_init__(self) -> None:
+        if len(set(self.personas)) != len(self.personas) or not all(self.personas):
+            raise ConfigError("review.judge.personas must be distinct, non-empty names")
+        if self.attempts < 1:
+            raise ConfigError("review.judge.attempts must be >= 1")
+
+
+@dataclass
+class PanelConfig:
+    panelists_per_item: int = field(default=2, metadata={"help": "independent panelists per escalated item (>= 2)"})
+    max_regenerations: int = field(default=2, metadata={"help": "guided regenerations per item before adjudication"})
+
+    def __post_init__(self) -> None:
+        if self.panelists_per_item < 2:
+            raise ConfigError("review.panel.panelists_per_item must be >= 2 (paper 2.3.4: at least two experts)")
+        if self.max_regenerations < 0:
+            raise ConfigError("review.panel.max_regenerations must be >= 0")
+
+
+@dataclass
+class ConsensusConfig:
+    min_agree: int = field(default=2, metadata={"help": "experts who must agree on the answer AND approve the wording"})
+    require_all_binary: bool = field(default=True, metadata={
+        "help": "a review approves only if relevance, correctness and sufficiency are all 1"})
+
+    def __post_init__(self) -> None:
+        if self.min_agree < 2:
+            raise ConfigError("review.consensus.min_agree must be >= 2: an item needs two agreeing experts")
+
+
+@dataclass
+class ReviewConfig:
+    """Expert review (paper 2.3): assignment, the web app, panel, consensus, the automated stand-in."""
+
+    reviewers_per_item: int = field(default=2, metadata={"help": "blind reviewers per item (>= 2)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "review app bind address"})
+    port: int = 8020
+    secret_key_env: str = field(default="MEDCOT_REVIEW_SECRET",
+                                metadata={"help": "env var holding the session-signing key (required to serve)"})
+    session_max_age_s: int = 8 * 3600
+    cookie_secure: bool = field(default=False, metadata={"help": "mark cookies Secure (set behind HTTPS)"})
+    login_max_failures: int = 5
+    login_window_s: int = 900
+    automated: str = field(default="none", metadata={
+        "help": "none | llm: LLM judges stand in for the review and panel steps (demo only; never expert-validated)"})
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    panel: PanelConfig = field(default_factory=PanelConfig)
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+
+    def __post_init__(self) -> None:
+        if self.reviewers_per_item < 2:
+            raise ConfigError("review.reviewers_per_item must be >= 2 (blind review by at least two experts)")
+        if self.automated not in ("none", "llm"):
+            raise ConfigError(f"review.automated must be none or llm, not {self.automated!r}")
+        if self.automated == "llm":
+            need = max(self.reviewers_per_item, self.panel.panelists_per_item)
+            if len(self.judge.personas) < need:
+                raise ConfigError(f"review.automated=llm needs >= {need} review.judge.personas "
+                                  f"(got {len(self.judge.personas)})")
+        if self.consensus.min_agree > min(self.reviewers_per_item, self.panel.panelists_per_item):
+            raise ConfigError("review.consensus.min_agree cannot exceed review.reviewers_per_item or "
+                              "review.panel.panelists_per_item: no item could ever be approved")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("review.port must be 0..65535")
+
+
+@dataclass
+class BuildConfig:
+    """The Hugging Face release (`medcot build`): splits by seed family, integrity checks, card, lm-eval task."""
+
+    seed: int = field(default=20250510, metadata={"help": "seed of the family -> split assignment"})
+    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1},
+                                     metadata={"help": "fraction of seed FAMILIES per split (train/validation/test)"})
+    allow_automated_reviewers: bool = field(default=False, metadata={
+        "help": "let items approved by automated (LLM/demo) reviewers into `validated`, labelled "
+                "'automated, NOT expert-validated' in every row and in the card (demo only)"})
+    near_duplicate_threshold: float = field(default=0.8, metadata={
+        "help": "Jaccard similarity of character 5-grams above which a test/validation item counts as a "
+                "near-duplicate of a train item (reported, not removed)"})
+    shard_rows: int = field(default=50000, metadata={"help": "max rows per Parquet shard"})
+    repo_id: str = field(default="", metadata={"help": "Hub dataset repo (ORG/NAME) named in the card"})
+    pretty_name: str = "medcot: human-verified medical chain-of-thought"
+    license: str = field(default="other", metadata={"help": "Hub licence id of the release (rows keep their seed licence)"})
+    rater_salt: str = field(default="medcot", metadata={"help": "salt of the published reviewer id hashes"})
+
+    def __post_init__(self) -> None:
+        if set(self.splits) != {"train", "validation", "test"}:
+            raise ConfigError(f"build.splits must name exactly train, validation, test (got {sorted(self.splits)})")
+        if any(not isinstance(v, (int, float)) or v < 0 for v in self.splits.values()) or \
+                abs(sum(self.splits.values()) - 1.0) > 1e-6 or self.splits["train"] <= 0:
+            raise ConfigError(f"build.splits must be non-negative fractions summing to 1 with train > 0: {self.splits}")
+        if not 0.0 < self.near_duplicate_threshold <= 1.0:
+            raise ConfigError("build.near_duplicate_threshold must be in (0, 1]")
+        if self.shard_rows < 1:
+            raise ConfigError("build.shard_rows must be >= 1")
+        if self.repo_id and self.repo_id.count("/") != 1:
+            raise ConfigError(f"build.repo_id must look like ORG/NAME, not {self.repo_id!r}")
+
+
+@dataclass
+class TrainStageConfig:
+    """The `train` stage of `medcot run`: SFT baselines on the release the build stage wrote."""
+
+    config: str = field(default="configs/train/demo.yaml", metadata={"help": "training config (TrainConfig YAML)"})
+    matrix: bool = field(default=True, metadata={"help": "run arms x seeds (else one run of the config's arm)"})
+    release_dir: str = field(default="", metadata={"help": "release to train on ('' = the build stage's)"})
+    out_dir: str = field(default="", metadata={"help": "where runs go ('' = <run.out_dir>/train)"})
+
+
+@dataclass
+class EvalStageConfig:
+    """The `eval` stage of `medcot run`: the eval config it runs (see configs/eval/), kept small in the demo."""
+
+    config: str = field(default="configs/eval/demo.yaml", metadata={"help": "eval config (EvalConfig YAML)"})
+    max_items: int | None = field(default=None, metadata={"help": "evaluate at most N items per eval set"})
+    max_tokens: int | None = field(default=None, metadata={"help": "override the eval config's sampling.max_tokens"})
+
+    def __post_init__(self) -> None:
+        if self.max_items is not None and self.max_items < 1:
+            raise ConfigError("eval.max_items must be >= 1")
+
+
+@dataclass
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -203,6 +338,10 @@ class Config:
     specialty: SpecialtyConfig = field(default_factory=SpecialtyConfig)
     strikes: StrikesConfig = field(default_factory=StrikesConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
+    train: TrainStageConfig = field(default_factory=TrainStageConfig)
+    eval: EvalStageConfig = field(default_factory=EvalStageConfig)
     source: str = field(default="", metadata={"help": "the YAML file this came from"})
 
 
