@@ -47,9 +47,17 @@ def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
         fail(f"seed file rejected, nothing was written:\n{exc}")
     except ConfigError as exc:
         fail(str(exc))
+    except _release_errors() as exc:
+        fail(f"release build refused: {exc}")
     except LLMError as exc:
         fail(f"{exc}\nEverything finished before this is saved in the store; rerun the same command to resume.",
              EXIT_LLM_DOWN)
+
+
+def _release_errors() -> tuple[type[Exception], ...]:
+    from dataset_builder.build import BuildError
+    from dataset_builder.integrity import ReleaseIntegrityError
+    return (BuildError, ReleaseIntegrityError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

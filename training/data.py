@@ -18,6 +18,7 @@ import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,10 @@ def load_split(release_dir: str | Path, arm: str, split: str) -> Any:
     folder = Path(release_dir)
     if not str(release_dir) or not (folder / "README.md").is_file():
         raise ConfigError(f"data.release_dir {str(release_dir)!r} is not a release folder (no README.md)")
-    try:
-        return datasets.load_dataset(str(folder), arm, split=split)
-    except (ValueError, KeyError) as exc:
+    try:  # a throw-away cache: the shared one keys a local folder by name, so a rebuilt release would be stale
+        with tempfile.TemporaryDirectory(prefix="medcot-train-ds-") as cache:
+            return datasets.load_dataset(str(folder), arm, split=split, cache_dir=cache, keep_in_memory=True)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
         raise ConfigError(f"{folder}: cannot load config {arm!r} split {split!r}: {exc}") from exc
 
 
