@@ -7,8 +7,7 @@ When the estimators are not installed, nothing is computed and the card says so.
 """
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from itertools import combinations
+from collections import defaultdict
 from typing import Any
 
 from dataset_builder.figures import DIMENSIONS
@@ -23,56 +22,28 @@ def compute_agreement(snap: Snapshot, rater: Any, views: tuple[str, ...]) -> dic
     """views: "human" (experts only) and/or "all" (automated reviewers included)."""
     try:
         from curation.review import agreement as est
+        from curation.review.stats import fleiss_binary, pair_kappas
     except ModuleNotFoundError as exc:
         return {"available": False, "note": f"agreement statistics not computed: {exc.name} is not available"}
     out: dict[str, Any] = {"available": True}
     for view in views:
         kinds = KINDS[view]
         by_item = _reviews(snap, kinds, rater)
-        out[view] = {"cohen_pairs": _pairs(by_item, est), "fleiss": _fleiss(by_item, est),
+        out[view] = {"cohen_pairs": pair_kappas(by_item), "fleiss": fleiss_binary(by_item),
                      "krippendorff_rubric": _rubric_alpha(snap, kinds, est)}
     return out
 
 
-def _reviews(snap: Snapshot, kinds: tuple[str, ...], rater: Any) -> dict[str, dict[str, tuple[int, ...]]]:
-    """item -> reviewer hash -> (relevance, correctness, sufficiency, approve) of the initial review."""
-    out: dict[str, dict[str, tuple[int, ...]]] = defaultdict(dict)
+def _reviews(snap: Snapshot, kinds: tuple[str, ...], rater: Any) -> dict[str, dict[str, dict[str, int]]]:
+    """item -> reviewer hash -> {relevance, correctness, sufficiency, approve} of the initial review
+    (the shape `curation.review.stats` computes its tables from)."""
+    out: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
     for item_id, rows in snap.reviews.items():
         for _, uid, phase, rel, cor, suf, _, ok in rows:
             user = snap.users.get(uid)
             if phase == "review" and user is not None and user.kind in kinds:
-                out[item_id][rater(uid)] = (int(rel), int(cor), int(suf), int(ok))
+                out[item_id][rater(uid)] = dict(zip(FIELDS, (int(rel), int(cor), int(suf), int(ok))))
     return out
-
-
-def _pairs(by_item: dict[str, dict[str, tuple[int, ...]]], est: Any) -> list[dict[str, Any]]:
-    shared: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for item, revs in by_item.items():
-        for a, b in combinations(sorted(revs), 2):
-            shared[(a, b)].append(item)
-    out = []
-    for (a, b), items in sorted(shared.items()):
-        row: dict[str, Any] = {"pair": [a, b], "items": len(items)}
-        for i, f in enumerate(FIELDS):
-            row[f] = est.cohen_kappa([by_item[x][a][i] for x in items], [by_item[x][b][i] for x in items])
-        row["pooled"] = est.cohen_kappa([by_item[x][a][i] for i in range(3) for x in items],
-                                        [by_item[x][b][i] for i in range(3) for x in items])
-        out.append(row)
-    return out
-
-
-def _fleiss(by_item: dict[str, dict[str, tuple[int, ...]]], est: Any) -> dict[str, Any]:
-    """Fleiss' kappa per judgement over the items with the most common number (>= 2) of reviews."""
-    sizes = Counter(len(v) for v in by_item.values() if len(v) >= 2)
-    if not sizes:
-        return {"raters_per_item": None, "items": 0, **{f: None for f in FIELDS}}
-    k = max(sizes, key=lambda s: (sizes[s], s))
-    items = [list(v.values()) for v in by_item.values() if len(v) == k]
-    result: dict[str, Any] = {"raters_per_item": k, "items": len(items)}
-    for i, f in enumerate(FIELDS):
-        ones = [sum(r[i] for r in revs) for revs in items]
-        result[f] = est.fleiss_kappa([[k - n, n] for n in ones])
-    return result
 
 
 def _rubric_alpha(snap: Snapshot, kinds: tuple[str, ...], est: Any) -> dict[str, Any]:
