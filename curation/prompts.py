@@ -30,8 +30,9 @@ class Prompt:
 
 
 @lru_cache(maxsize=None)
-def load_prompt(name: str, language: str) -> Prompt:
-    path = PROMPT_DIR / f"{name}.yaml"
+def load_prompt(name: str, language: str, directory: Path = PROMPT_DIR) -> Prompt:
+    """The `language` section (else `en`) of `directory/name.yaml`."""
+    path = directory / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no prompt file {path}")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
