@@ -44,10 +44,10 @@ def main() -> None:
 def run(tmp: Path, n: int) -> dict:
     import datasets
 
-    from curation.config import BuildConfig
     from dataset_builder.build import build_release, file_hashes
     from dataset_builder.features import CONFIGS
     from dataset_builder.synthetic import SyntheticSpec, make_store
+    from medcot.config import BuildConfig
 
     t0 = time.perf_counter()
     store = make_store(str(tmp / "store.db"), SyntheticSpec(items=n, seed=0))

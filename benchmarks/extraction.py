@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from curation.extract import extract_answer  # noqa: E402
+from medcot.extract import extract_answer  # noqa: E402
 
 Extractor = Callable[[str | None, Mapping[str, str], str | None], str | None]
 

@@ -32,12 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from curation.config import LLMConfig, StrikesConfig  # noqa: E402
-from curation.llm import LLMClient  # noqa: E402
-from curation.records import Item  # noqa: E402
-from curation.scripted_server import Reply, ScriptedServer  # noqa: E402
-from curation.store import Store  # noqa: E402
 from curation.strikes import run_strikes, strikes_stats  # noqa: E402
+from medcot.config import LLMConfig, StrikesConfig  # noqa: E402
+from medcot.llm import LLMClient  # noqa: E402
+from medcot.records import Item  # noqa: E402
+from medcot.scripted_server import Reply, ScriptedServer  # noqa: E402
+from medcot.store import Store  # noqa: E402
 
 _MARK = re.compile(r"\(item ([^)\s]+)\)")
 _OPTION = re.compile(r"^([A-E])\. (.*)$", re.M)

@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from curation.config import LLMConfig, ServerConfig, default_cache_dir  # noqa: E402
-from curation.llm import LLMClient  # noqa: E402
-from curation.records import ChatRequest  # noqa: E402
-from curation.store import Store  # noqa: E402
+from medcot.config import LLMConfig, ServerConfig, default_cache_dir  # noqa: E402
+from medcot.llm import LLMClient  # noqa: E402
+from medcot.records import ChatRequest  # noqa: E402
+from medcot.store import Store  # noqa: E402
 
 QUESTIONS = [
     "What is the first-line drug for uncomplicated hypertension in a 50-year-old?",
@@ -81,7 +81,7 @@ def _messages(i: int) -> list[dict[str, str]]:
 
 # ---- overhead against the scripted echo server (separate process) ----------------------------------
 def start_echo_server() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "curation.scripted_server", "--port", "0", "--mode", "echo"],
+    proc = subprocess.Popen([sys.executable, "-m", "medcot.scripted_server", "--port", "0", "--mode", "echo"],
                             stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
@@ -190,7 +190,7 @@ async def vllm_compare(url: str, model: str, k: int, concurrency: int, tmp: Path
 
 
 def start_vllm(tmp: Path) -> Any:
-    from curation.server import CPU_ENV, CPU_EXTRA_ARGS, VLLMServer
+    from medcot.server import CPU_ENV, CPU_EXTRA_ARGS, VLLMServer
 
     model = Path(default_cache_dir()) / "models" / "smollm2-135m-instruct"
     cfg = ServerConfig(model=str(model), served_model_name="smollm2-135m-instruct", host="127.0.0.1", port=0,

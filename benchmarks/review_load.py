@@ -45,10 +45,10 @@ _BASE = re.compile(r'name="base_revision" value="(\d+)"')
 
 
 def setup_store(url: str, reviewers: int, items: int) -> None:
-    from curation.config import ReviewConfig
     from curation.review import assign as assigning
     from curation.review import sample
-    from curation.store import Store
+    from medcot.config import ReviewConfig
+    from medcot.store import Store
     store = Store(url)
     sample.add_items(store, items)
     sample.add_users(store, PASSWORD, reviewers=reviewers, panelists=0, admins=0)
@@ -63,8 +63,8 @@ def serve(url: str) -> None:
 
     import uvicorn
 
-    from curation.config import load_config
     from curation.review.app import create_app
+    from medcot.config import load_config
     cfg = load_config(None, [f"store.url={url}"])
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -115,8 +115,8 @@ async def reviewer(base: str, name: str, resubmit: float, rng: random.Random, ou
 def count_rows(url: str) -> tuple[int, int, set[tuple[str, str]]]:
     from sqlalchemy import func, select
 
-    from curation.review.models import ReviewRow, UserRow
-    from curation.store import Store
+    from medcot.review_tables import ReviewRow, UserRow
+    from medcot.store import Store
     store = Store(url, create=False)
     with store.engine.connect() as conn:
         rows = conn.execute(select(ReviewRow.item_id, UserRow.name).join(UserRow, UserRow.id == ReviewRow.user_id)

@@ -1,1 +1,1 @@
-"""medcot: curation."""
+"""curation: the curation stages (seeds, CoT generation, expansion, specialty, five-strike) and the expert review app."""

@@ -16,36 +16,22 @@ import json
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import yaml
 
-from curation.config import ExpandConfig, SamplingConfig
-from curation.generate import gather_all, run_generate, sampling_params, summary_dict
-from curation.llm import LLMClient, json_schema_format
-from curation.pipeline import RunContext, stage
-from curation.prompts import PROMPT_DIR, format_options, load_prompt
-from curation.records import LETTERS, ChatRequest, ChatResult, Event, Generation, Item
-from curation.store import Store, normalize_text
+from curation.generate import run_generate, summary_dict
+from medcot.config import ExpandConfig, SamplingConfig
+from medcot.llm import LLMClient, gather_all, json_schema_format, sampling_params
+from medcot.pipeline import RunContext, stage
+from medcot.prompts import PROMPT_DIR, format_options, load_prompt
+from medcot.records import LETTERS, Candidate, ChatRequest, ChatResult, Event, Generation, Item
+from medcot.store import Store, normalize_text
 
 _CJK = re.compile(r"[\u3400-\u9fff]")
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.S)
 MIN_STEM_CHARS = 8
-
-
-@dataclass(slots=True)
-class Candidate:
-    """One expansion candidate as checked. `check` is "" when accepted, else the failed check."""
-
-    family_id: str
-    parent_id: str
-    slot: int  # -1: the family's facts extraction itself failed
-    aspect: str | None
-    call_id: int | None
-    check: str  # "" | "facts_json" | "facts_missing_key" | "json" | "missing_key" | "structure" | "copy" | "near_duplicate"
-    reason: str
-    payload: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -89,7 +75,7 @@ QUESTION_SCHEMA: dict[str, Any] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def aspect_descriptions(prompt_name: str) -> dict[str, dict[str, str]]:
     """aspect -> {language: description}, from the `aspects:` block of the questions prompt file."""
     data = yaml.safe_load((PROMPT_DIR / f"{prompt_name}.yaml").read_text(encoding="utf-8"))
@@ -100,7 +86,7 @@ def aspect_descriptions(prompt_name: str) -> dict[str, dict[str, str]]:
 
 
 def check_aspects(cfg: ExpandConfig) -> None:
-    from curation.config import ConfigError
+    from medcot.config import ConfigError
     known = aspect_descriptions(cfg.questions_prompt)
     unknown = [a for a in cfg.aspects if a not in known]
     if unknown:

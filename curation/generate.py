@@ -5,17 +5,16 @@ cache makes an interrupted request free to repeat.
 """
 from __future__ import annotations
 
-import asyncio
 from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
-from curation.config import GenerateConfig, SamplingConfig
-from curation.extract import EXTRACTOR_VERSION, extract_answer, parse_option_explanations
-from curation.llm import LLMClient, LLMUnavailable
-from curation.prompts import format_options, load_prompt
-from curation.records import ChatRequest, Generation, Item
-from curation.store import Store
+from medcot.config import GenerateConfig
+from medcot.extract import EXTRACTOR_VERSION, extract_answer, parse_option_explanations
+from medcot.llm import LLMClient, gather_all, sampling_params
+from medcot.prompts import format_options, load_prompt
+from medcot.records import ChatRequest, Generation, Item
+from medcot.store import Store
 
 
 @dataclass
@@ -40,13 +39,6 @@ class GenerateSummary:
             self.agree_with_key += 1
         else:
             self.disagree_with_key += 1
-
-
-def sampling_params(s: SamplingConfig) -> dict[str, object]:
-    params: dict[str, object] = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
-    if s.seed is not None:
-        params["seed"] = s.seed
-    return params
 
 
 def cot_request(item: Item, cfg: GenerateConfig, model: str, stage: str = "generate",
@@ -102,22 +94,8 @@ async def run_generate(store: Store, client: LLMClient, cfg: GenerateConfig, mod
     return summary
 
 
-async def gather_all(coros: list) -> None:  # type: ignore[type-arg]
-    """Run coroutines concurrently (the client bounds concurrency). On the first LLMUnavailable,
-    cancel the rest and re-raise: everything finished so far is already in the store."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        for fut in asyncio.as_completed(tasks):
-            await fut
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
 def summary_dict(summary: GenerateSummary) -> dict[str, object]:
     return asdict(summary)
 
 
-__all__ = ["run_generate", "cot_request", "parse_cot", "GenerateSummary", "gather_all", "LLMUnavailable"]
+__all__ = ["run_generate", "cot_request", "parse_cot", "GenerateSummary"]

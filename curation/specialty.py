@@ -13,19 +13,18 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from curation.config import ConfigError, SpecialtyConfig
-from curation.generate import gather_all, sampling_params
-from curation.llm import LLMClient, json_schema_format
-from curation.pipeline import RunContext, stage
-from curation.prompts import format_options, load_prompt
-from curation.records import ChatRequest, Event, Item
-from curation.store import Store
+from medcot.config import ConfigError, SpecialtyConfig
+from medcot.llm import LLMClient, gather_all, json_schema_format, sampling_params
+from medcot.pipeline import RunContext, stage
+from medcot.prompts import format_options, load_prompt
+from medcot.records import ChatRequest, Event, Item
+from medcot.store import Store
 
 DEFAULT_TAXONOMY = Path(__file__).resolve().parent / "taxonomy.yaml"
 OTHER = "other"
@@ -56,7 +55,7 @@ class Taxonomy:
         return self.labels[key].get(language) or self.labels[key]["en"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_taxonomy(path: str = "") -> Taxonomy:
     """Read and validate the taxonomy (errors name the file and the problem)."""
     src = Path(path) if path else DEFAULT_TAXONOMY

@@ -22,41 +22,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from curation.config import StrikesConfig
-from curation.extract import EXTRACTOR_VERSION, extract_answer
-from curation.generate import gather_all, sampling_params
-from curation.llm import LLMClient
-from curation.pipeline import RunContext, stage
-from curation.prompts import format_options, load_prompt
-from curation.records import LETTERS, ChatRequest, Event, Item
-from curation.store import Store
+from medcot.config import StrikesConfig
+from medcot.extract import EXTRACTOR_VERSION, extract_answer
+from medcot.llm import LLMClient, gather_all, sampling_params
+from medcot.pipeline import RunContext, stage
+from medcot.prompts import format_options, load_prompt
+from medcot.records import LETTERS, Attempt, ChatRequest, Event, Item
+from medcot.store import Store
 
 PASSED, ESCALATED = "strikes_passed", "escalated"
-
-
-@dataclass(slots=True)
-class Attempt:
-    """One attempt (the `attempts` table), plus the token counts of its call."""
-
-    item_id: str
-    round: int
-    attempt_no: int
-    template: str  # prompt tag, e.g. "strike_direct@1"
-    permutation: list[str]  # shown letter i -> original letter permutation[i]
-    seed: int | None
-    call_id: int | None
-    raw: str
-    reasoning: str | None
-    shown_letter: str | None
-    letter: str | None  # in the original order; None = no answer
-    matched_by: str
-    correct: bool
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass

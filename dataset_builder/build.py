@@ -20,8 +20,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from curation.config import BuildConfig
-from curation.store import Store
 from dataset_builder import figures
 from dataset_builder.agreement_stats import compute_agreement
 from dataset_builder.card import CardInputs, render_card
@@ -34,6 +32,8 @@ from dataset_builder.snapshot import read_snapshot
 from dataset_builder.splits import assign_families
 from dataset_builder.stats import ReleaseStats, compute_stats
 from dataset_builder.writer import SplitFiles, write_config
+from medcot.config import BuildConfig
+from medcot.store import Store
 
 MARKER = "release_stats.json"  # an existing folder is replaced only if it holds this (a previous release)
 SPECIALTY_PNG = "figures/specialty_distribution.png"

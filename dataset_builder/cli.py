@@ -1,4 +1,4 @@
-"""`medcot build` and `medcot push`, registered on the main command group by curation.cli.
+"""`medcot build` and `medcot push`, registered on the root command group through the `medcot.cli` entry point.
 
     medcot build --config configs/demo.yaml --out runs/demo/release
     medcot push runs/demo/release --repo-id ORG/NAME [--private] [--dry-run]
@@ -12,6 +12,9 @@ import click
 
 
 def register(main: click.Group) -> None:
+    from medcot.cli import guard_error
+    guard_error("dataset_builder.build:BuildError", "release build refused")
+    guard_error("dataset_builder.integrity:ReleaseIntegrityError", "release build refused")
     main.add_command(build)
     main.add_command(push)
 
@@ -28,10 +31,10 @@ def build(config_path: str | None, overrides: tuple[str, ...], store_url: str | 
           as_json: bool) -> None:
     """Build the Hugging Face release (Parquet configs validated/unvalidated/panel, card, figures, lm-eval task)
     from the store. Integrity violations: exit 2, nothing written."""
-    from curation.cli import fail, get_config
-    from curation.store import Store
     from dataset_builder.build import BuildError, build_release
     from dataset_builder.integrity import ReleaseIntegrityError
+    from medcot.cli import fail, get_config
+    from medcot.store import Store
     cfg = get_config(config_path, overrides, store_url)
     store = Store(cfg.store.url)
     try:
@@ -51,8 +54,9 @@ def build(config_path: str | None, overrides: tuple[str, ...], store_url: str | 
 @click.option("--dry-run", is_flag=True, help="List the operations; no network, no token needed.")
 def push(folder: Path, repo_id: str, private: bool, dry_run: bool) -> None:
     """Upload a built release FOLDER to the Hugging Face Hub (token from $HF_TOKEN)."""
-    from curation.cli import fail
-    from dataset_builder.push import PushError, plan_push, push as run_push
+    from dataset_builder.push import PushError, plan_push
+    from dataset_builder.push import push as run_push
+    from medcot.cli import fail
     try:
         plan = plan_push(folder, repo_id, private)
         if dry_run:

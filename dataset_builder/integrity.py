@@ -6,8 +6,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from curation.records import LANGUAGES
 from dataset_builder.features import LETTERS, REVISION_STATUSES, VALIDATION_LABELS, ReleaseRow
+from medcot.records import LANGUAGES
 
 REQUIRED_TEXT = ("id", "family_id", "question", "cot", "source")
 

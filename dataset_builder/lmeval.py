@@ -78,7 +78,7 @@ README = """# lm-evaluation-harness tasks for this release
 - `medcot_mc`: multiple_choice log-likelihood over the option letters; `acc`.
 
 The regex reads the LAST final-answer line only: it cannot see a truncated response or an earlier,
-conflicting answer, which medcot's own extractor (`curation/extract.py`, used by `medcot eval`) counts as
+conflicting answer, which medcot's own extractor (`medcot/extract.py`, used by `medcot eval`) counts as
 no answer. A letter outside the item's options counts as no answer.
 
 Both evaluate the `validated` config's test split of the release folder that contains this directory

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.store import normalize_text
+from medcot.store import normalize_text
 
 NGRAM = 5
 PERMS = 64

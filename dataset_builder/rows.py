@@ -12,10 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from curation.records import Item
-from dataset_builder.features import (LETTERS, VALIDATION_NOTES, ReleaseRow, empty_consensus,
-                                      empty_five_strike)
+from dataset_builder.features import LETTERS, VALIDATION_NOTES, ReleaseRow, empty_consensus, empty_five_strike
 from dataset_builder.snapshot import CotVersion, Snapshot
+from medcot.records import Item
 
 PANEL_ACTIONS = ("accept", "revise", "regenerate", "discard")
 PANEL_STAGES = ("escalated", "panel_done")

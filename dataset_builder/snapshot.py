@@ -1,6 +1,6 @@
 """Read everything the release needs from the store in a few bulk queries (one consistent read).
 
-Items become `curation.records.Item`s, CoT versions and decisions small typed records; reviews, rubric
+Items become `medcot.records.Item`s, CoT versions and decisions small typed records; reviews, rubric
 scores and attempts stay plain tuples (hundreds of thousands of them; rows.py unpacks them by position,
 so keep the column order of those three selects).
 """
@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Row
 
-from curation.db import AttemptRow, CallRow, CandidateRow, EventRow, GenerationRow, ItemRow
-from curation.records import Item
-from curation.review.models import DecisionRow, ReviewRow, RevisionRow, RubricScoreRow, UserRow
-from curation.store import Store
+from medcot.db import AttemptRow, CallRow, CandidateRow, EventRow, GenerationRow, ItemRow
+from medcot.records import Item
+from medcot.review_tables import DecisionRow, ReviewRow, RevisionRow, RubricScoreRow, UserRow
+from medcot.store import Store
 
 COT_PURPOSES = ("initial", "edited", "regenerated")
 ITEM_FIELDS: tuple[str, ...] = Item.__slots__  # type: ignore[attr-defined]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from curation.pipeline import RunContext, stage
 from dataset_builder.build import build_release
+from medcot.pipeline import RunContext, stage
 
 
 async def build_stage(ctx: RunContext, folder: str = "release") -> dict[str, Any]:
@@ -16,4 +16,11 @@ async def build_stage(ctx: RunContext, folder: str = "release") -> dict[str, Any
 
 @stage("build")
 async def _build(ctx: RunContext) -> dict[str, Any]:
+    return await build_stage(ctx)
+
+
+@stage("export")
+async def _export(ctx: RunContext) -> dict[str, Any]:
+    """The same release builder as the `build` stage, kept under its old name for configs that list `export`;
+    configs whose later stages read the release (train, eval) list `build`."""
     return await build_stage(ctx)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 from dataset_builder.figures import UNASSIGNED
 from dataset_builder.rows import PANEL_ACTIONS, RowMaker, RowSets

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert
 
-from curation.db import AttemptRow, CallRow, CandidateRow, EventRow, GenerationRow, ItemRow
-from curation.review.models import RUBRIC_DIMENSIONS, DecisionRow, ReviewRow, RevisionRow, RubricScoreRow, UserRow
-from curation.store import Store, normalize_text
+from medcot.db import AttemptRow, CallRow, CandidateRow, EventRow, GenerationRow, ItemRow
+from medcot.review_tables import RUBRIC_DIMENSIONS, DecisionRow, ReviewRow, RevisionRow, RubricScoreRow, UserRow
+from medcot.store import Store, normalize_text
 
 LETTERS = "ABCDE"
 SPECIALTIES = ("internal_medicine/cardiology", "internal_medicine/respiratory", "surgery", "pediatrics",
@@ -24,7 +24,7 @@ SPECIALTIES = ("internal_medicine/cardiology", "internal_medicine/respiratory", 
 ASPECTS = ("contraindication", "mechanism", "diagnosis", "next_step", "indication")
 SOURCES = {"zh": ("kyre-99/CMExam-Dataset@303a45e data/val.csv", "Apache-2.0"),
            "en": ("openlifescienceai/medmcqa@2f3e1b7 dev.json", "MIT")}
-_T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+_T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @dataclass

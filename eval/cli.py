@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from curation.cli import EXIT_BAD_INPUT, EXIT_LLM_DOWN, config_option, fail, get_config, run_guarded, set_option
+from medcot.cli import EXIT_BAD_INPUT, EXIT_LLM_DOWN, config_option, fail, get_config, run_guarded, set_option
 
 
 def _cfg(config_path: str | None, overrides: tuple[str, ...]) -> Any:
@@ -17,11 +17,11 @@ def _cfg(config_path: str | None, overrides: tuple[str, ...]) -> Any:
 
 def _guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Known faults of the eval harness become clear messages (exit 2 bad input, 3 server down)."""
-    from curation.server import ServerError
     from eval.compare import CompareError
     from eval.data import EvalDataError
     from eval.models import ManifestError
     from eval.schema_check import SchemaError
+    from medcot.server import ServerError
     try:
         return run_guarded(fn, *args, **kwargs)
     except (EvalDataError, ManifestError, CompareError, SchemaError, FileNotFoundError) as exc:

@@ -1,14 +1,13 @@
-"""Eval configuration (defaults < YAML < `--set`), loaded with curation.config.load_config(cls=EvalConfig).
+"""Eval configuration (defaults < YAML < `--set`), loaded with medcot.config.load_config(cls=EvalConfig).
 
     medcot eval run --config configs/eval/demo.yaml --set release.limit=4
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
 from typing import Any
 
-from curation.config import ConfigError, LLMConfig, ServerConfig, _build
+from medcot.config import ConfigError, LLMConfig, ServerConfig, _build
 
 MODEL_KINDS = ("base", "merged", "lora")
 

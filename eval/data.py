@@ -6,11 +6,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from curation.config import ConfigError
-from curation.records import LETTERS
-from curation.seeds import load_seeds
 from eval.config import EvalConfig, ExternalSet, ReleaseSource
 from eval.records import EvalItem
+from medcot.config import ConfigError
+from medcot.records import LETTERS
+from medcot.seeds import load_seeds
 
 
 class EvalDataError(ValueError):

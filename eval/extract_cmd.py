@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation.extract import EXTRACTOR_VERSION, extract_answer
-from curation.records import LETTERS
 from eval.records import write_jsonl
+from medcot.extract import EXTRACTOR_VERSION, extract_answer
+from medcot.records import LETTERS
 
 _FIELDS = {"id", "response", "options", "finish_reason"}
 

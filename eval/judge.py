@@ -1,6 +1,6 @@
 """LLM judge of chains of thought on the paper's five rubric dimensions (0-2 each).
 
-Structured output (json_schema) with a versioned prompt (curation/prompts/eval_judge.yaml). A reply that
+Structured output (json_schema) with a versioned prompt (medcot/prompts/eval_judge.yaml). A reply that
 does not parse is a JudgeScore with `error` set and no scores: counted as a judge failure, never as 0.
 Where a release has expert rubric scores, `judge_release` reports judge-expert agreement
 (quadratic-weighted kappa per dimension) so users know how far to trust the judge.
@@ -11,13 +11,12 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from curation.generate import gather_all
-from curation.llm import LLMClient, json_schema_format
-from curation.prompts import format_options, load_prompt
-from curation.records import ChatRequest
 from eval.config import EvalSampling, JudgeConfig
 from eval.records import RUBRIC_DIMENSIONS, JudgeScore, Prediction
 from eval.stats import bootstrap_mean
+from medcot.llm import LLMClient, gather_all, json_schema_format
+from medcot.prompts import format_options, load_prompt
+from medcot.records import ChatRequest
 
 EXPERT_KINDS = ("expert", "human")
 JUDGE_SCHEMA: dict[str, Any] = {

@@ -16,16 +16,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from curation.config import ConfigError
-from curation.generate import gather_all
-from curation.llm import LLMClient
-from curation.store import Store
 from eval.config import EvalConfig, ReleaseSource
 from eval.data import _letter, release_rows
 from eval.judge import agreement, expert_scores, judge_one, judge_predictions, judge_request, judge_summary
 from eval.models import server_groups
 from eval.records import JudgeScore, Prediction, read_records, write_jsonl
 from eval.run import JUDGE_DIR, PRED_DIR, Work, model_identity, resolve_models, serve_group
+from medcot.config import ConfigError
+from medcot.llm import LLMClient, gather_all
+from medcot.store import Store
 
 
 def _with_judge(cfg: EvalConfig, store: Store, work: Any) -> Any:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.config import ConfigError, ServerConfig
 from eval.config import ModelSpec
+from medcot.config import ConfigError, ServerConfig
 
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted --max-lora-rank values
 _ARMS = ("validated", "unvalidated")

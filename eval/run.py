@@ -21,20 +21,19 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from curation.config import ConfigError, to_dict
-from curation.extract import EXTRACTOR_VERSION, extract_answer
-from curation.generate import gather_all
-from curation.llm import LLMClient
-from curation.prompts import format_options, load_prompt
-from curation.records import ChatRequest, ChatResult
-from curation.server import VLLMServer
-from curation.store import Store
 from eval.config import EvalConfig, ModelSpec
 from eval.data import load_eval_sets
 from eval.judge import _params, judge_predictions, judge_summary
 from eval.models import ServerGroup, fingerprint, manifest_prompt, models_from_manifest, server_groups
 from eval.records import EvalItem, JudgeScore, Prediction, write_jsonl
 from eval.scoring import metrics_markdown, model_metrics
+from medcot.config import ConfigError, to_dict
+from medcot.extract import EXTRACTOR_VERSION, extract_answer
+from medcot.llm import LLMClient, gather_all
+from medcot.prompts import format_options, load_prompt
+from medcot.records import ChatRequest, ChatResult
+from medcot.server import VLLMServer
+from medcot.store import Store
 
 PRED_DIR, JUDGE_DIR = "predictions", "judge"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from eval.records import Prediction
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_metric(name: str) -> Any:
     """An `evaluate` metric module kept in eval/metrics/<name>/<name>.py."""
     import evaluate

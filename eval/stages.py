@@ -13,9 +13,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from curation.config import load_config
-from curation.pipeline import RunContext, stage
 from eval.config import EvalConfig
+from medcot.config import load_config
+from medcot.pipeline import RunContext, stage
 
 
 def stage_config(ctx: RunContext) -> tuple[EvalConfig, list[str]]:

@@ -16,8 +16,9 @@ for _p in (str(_TESTS), str(_TESTS.parent)):
         sys.path.insert(0, _p)
 
 import pgserver  # noqa: E402
-from curation.config import ServerConfig, default_cache_dir  # noqa: E402
-from curation.server import CPU_ENV, CPU_EXTRA_ARGS, ServerError, VLLMServer, vllm_python  # noqa: E402
+
+from medcot.config import ServerConfig, default_cache_dir  # noqa: E402
+from medcot.server import CPU_ENV, CPU_EXTRA_ARGS, ServerError, VLLMServer, vllm_python  # noqa: E402
 
 MODEL_NAME = "smollm2-135m-instruct"
 

@@ -137,7 +137,7 @@ class PostgresServer:
         except (OSError, ValueError, IndexError):
             pass
 
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         self.start()
         return self
 

@@ -5,19 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import datasets
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import insert, select, update
 
-from curation.cli import main
-from curation.config import BuildConfig, load_config
-from curation.db import ItemRow
-from curation.review.models import DecisionRow, RubricScoreRow, UserRow
 from dataset_builder.build import BuildError, build_release, file_hashes
 from dataset_builder.features import CONFIGS, FEATURES, SPLITS
 from dataset_builder.integrity import ReleaseIntegrityError
 from dataset_builder.synthetic import SyntheticSpec, make_store
+from medcot.cli import main
+from medcot.config import BuildConfig, load_config
+from medcot.db import ItemRow
+from medcot.review_tables import DecisionRow, RubricScoreRow, UserRow
 
 
 @pytest.fixture(autouse=True)
@@ -209,7 +210,7 @@ def test_expert_label_needs_two_human_users_on_record(tmp_path: Path) -> None:
 def test_build_and_push_commands(store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_TOKEN", raising=False)
     runner = CliRunner()
-    assert {"build", "push"} <= set(main.commands)
+    assert {"build", "push"} <= set(main.list_commands(click.Context(main)))
     out = tmp_path / "rel"
     res = runner.invoke(main, ["build", "--store", store.url, "--out", str(out), "--json",
                                "--set", "build.splits={train: 0.6, validation: 0.2, test: 0.2}"])
@@ -227,7 +228,7 @@ def test_build_and_push_commands(store, tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_pipeline_build_and_export_stages(store, tmp_path: Path) -> None:
-    from curation.pipeline import run_pipeline
+    from medcot.pipeline import run_pipeline
     for name in ("build", "export"):
         cfg = load_config(None, [f"store.url={store.url}", f"run.out_dir={tmp_path / name}", f"run.stages=[{name}]"])
         report = run_pipeline(cfg, progress=False)
@@ -244,7 +245,7 @@ def test_demo_config_builds_with_automated_reviewers() -> None:
 
 
 def test_build_config_is_validated() -> None:
-    from curation.config import ConfigError
+    from medcot.config import ConfigError
     with pytest.raises(ConfigError, match="build.splits"):
         load_config(None, ["build.splits={train: 0.5, test: 0.5}"])
     with pytest.raises(ConfigError, match="summing to 1"):

@@ -11,7 +11,7 @@ from dataset_builder import lmeval_utils as U
 from dataset_builder.features import ReleaseRow, empty_consensus, empty_five_strike
 from dataset_builder.integrity import check_row_schema
 from dataset_builder.lmeval import write_task_folder
-from dataset_builder.neardup import find_near_duplicates, jaccard, GramIndex
+from dataset_builder.neardup import GramIndex, find_near_duplicates, jaccard
 from dataset_builder.rows import original_texts
 from dataset_builder.splits import assign_families, split_counts
 
@@ -98,7 +98,7 @@ def test_original_texts_come_from_the_first_revision() -> None:
     class Rev:
         def __init__(self, field, old):
             self.field, self.old = field, old
-    from curation.records import Item
+    from medcot.records import Item
     item = Item(id="i", family_id="i", language="en", question="new q", options={"A": "x", "B": "y"}, answer="B")
     q, o, a = original_texts(item, [Rev("question", "old q"), Rev("question", "mid q"), Rev("answer", "A")])
     assert (q, o, a) == ("old q", {"A": "x", "B": "y"}, "A")

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from curation.config import ExpandConfig, GenerateConfig, LLMConfig, SpecialtyConfig, StrikesConfig
 from curation.expand import funnel, run_expand
 from curation.generate import run_generate
-from curation.llm import LLMClient
-from curation.seeds import import_seeds
 from curation.specialty import run_specialty
-from curation.store import Store
 from curation.strikes import run_strikes, strikes_stats
+from medcot.config import ExpandConfig, GenerateConfig, LLMConfig, SpecialtyConfig, StrikesConfig
+from medcot.llm import LLMClient
+from medcot.seeds import import_seeds
+from medcot.store import Store
 
 pytestmark = pytest.mark.vllm
 SEEDS = Path(__file__).resolve().parents[1] / "data" / "seeds"

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from eval_helpers import make_manifest, write_predictions
 from scipy import stats as sps
 
-from curation.cli import main
 from eval.compare import CompareError, compare
 from eval.config import BootstrapConfig
 from eval.stats import paired_bootstrap_diff
-from eval_helpers import make_manifest, write_predictions
+from medcot.cli import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

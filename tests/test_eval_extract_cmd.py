@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from curation.cli import main
+from medcot.cli import main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "extraction.jsonl"
 

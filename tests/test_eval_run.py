@@ -6,16 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+from eval_helpers import make_manifest, make_release
 
-from curation.config import ConfigError, ServerConfig, load_config
-from curation.scripted_server import Reply, ScriptedServer
 from eval.config import EvalConfig, ModelSpec
 from eval.judge import parse_judge
 from eval.judge_cmd import judge_release
 from eval.models import ManifestError, models_from_manifest, server_groups
 from eval.records import RUBRIC_DIMENSIONS, JudgeScore, Prediction, read_records
 from eval.run import run_eval_async
-from eval_helpers import make_manifest, make_release
+from medcot.config import ConfigError, ServerConfig, load_config
+from medcot.scripted_server import Reply, ScriptedServer
 
 # what the scripted "model" answers, by question: q1 right, q2 wrong, q3 hedges (no answer), q4 truncated
 ANSWERS = {"anaphylaxis": Reply("Epinephrine treats it.\nAnswer: A"), "scurvy": Reply("Answer: B"),
@@ -88,6 +88,7 @@ async def test_judge_against_experts_on_a_release(tmp_path: Path) -> None:
     async with ScriptedServer(responder) as srv:
         cfg = _cfg(tmp_path, srv.base_url, judge={"model": "judge", "endpoints": [srv.base_url]})
         import asyncio
+
         from eval.config import ReleaseSource
         result = await asyncio.to_thread(judge_release, cfg, ReleaseSource(dir=str(tmp_path / "release"), config="panel"))
     assert result["items"] == 4 and result["failures"] == 0
@@ -148,9 +149,9 @@ def test_bad_manifests_and_configs_fail_clearly(tmp_path: Path) -> None:
 
 
 def test_stage_config_takes_the_runs_release_manifest_and_limits(tmp_path: Path) -> None:
-    from curation.config import Config
-    from curation.pipeline import RunContext
     from eval.stages import stage_config
+    from medcot.config import Config
+    from medcot.pipeline import RunContext
     cfg = Config()
     cfg.eval.config = str(Path(__file__).resolve().parents[1] / "configs" / "eval" / "demo.yaml")
     cfg.eval.max_items, cfg.eval.max_tokens = 3, 128
@@ -168,9 +169,10 @@ def test_stage_config_takes_the_runs_release_manifest_and_limits(tmp_path: Path)
 
 def test_release_loading_is_never_served_from_a_stale_cache(tmp_path: Path) -> None:
     """datasets' shared cache keys local folders by name: two releases named `release` must not collide."""
+    from eval_helpers import ITEMS
+
     from eval.config import ReleaseSource
     from eval.data import load_release
-    from eval_helpers import ITEMS
     a = make_release(tmp_path / "a" / "release")
     b = make_release(tmp_path / "b" / "release", ITEMS[:2])
     assert [len(load_release(ReleaseSource(dir=str(d)))) for d in (a, b, a)] == [4, 2, 4]
@@ -180,13 +182,15 @@ def test_judge_command_counts_unparseable_replies_as_failures_not_zeros(tmp_path
     """`medcot eval judge` against a real HTTP server (scripted, in its own process) that never sends JSON."""
     import subprocess
     import sys
+
     from click.testing import CliRunner
-    from curation.cli import main
-    from eval.records import write_jsonl
     from eval_helpers import prediction
+
+    from eval.records import write_jsonl
+    from medcot.cli import main
     out = tmp_path / "out"
     write_jsonl(out / "predictions" / "m.jsonl", [prediction("m", "i1", True), prediction("m", "i2", None)])
-    proc = subprocess.Popen([sys.executable, "-m", "curation.scripted_server", "--port", "0"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "medcot.scripted_server", "--port", "0"], stdout=subprocess.PIPE,
                             text=True)
     try:
         url = proc.stdout.readline().split()[1]

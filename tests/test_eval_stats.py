@@ -8,8 +8,14 @@ import pytest
 from scipy import stats as sps
 
 from eval.scoring import METRICS_DIR, load_metric
-from eval.stats import (binom_two_sided, bootstrap_mean, mcnemar_exact, paired_bootstrap_diff,
-                        quadratic_weighted_kappa, sign_test)
+from eval.stats import (
+    binom_two_sided,
+    bootstrap_mean,
+    mcnemar_exact,
+    paired_bootstrap_diff,
+    quadratic_weighted_kappa,
+    sign_test,
+)
 
 
 @pytest.fixture(autouse=True)

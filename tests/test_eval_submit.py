@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from eval_helpers import prediction
 
-from curation.cli import main
 from eval.records import write_jsonl
 from eval.schema_check import SchemaError, load_schema, validate
 from eval.submit import build_submission, medbench_line
-from eval_helpers import prediction
+from medcot.cli import main
 
 
 def _preds() -> list:

@@ -8,15 +8,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from eval_helpers import ITEMS, make_manifest, make_release
 
-from curation.config import default_cache_dir, load_config
-from curation.server import CPU_ENV, CPU_EXTRA_ARGS
 from eval.compare import compare
 from eval.config import EvalConfig
 from eval.records import JudgeScore, Prediction, read_records
 from eval.run import run_eval
 from eval.submit import submit
-from eval_helpers import ITEMS, make_manifest, make_release
+from medcot.config import default_cache_dir, load_config
+from medcot.server import CPU_ENV, CPU_EXTRA_ARGS
 
 MODEL = Path(default_cache_dir()) / "models" / "smollm2-135m-instruct"
 

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from curation.config import ConfigError, ExpandConfig, GenerateConfig, LLMConfig
-from curation.expand import (FamilyChecker, funnel, jaccard, ngrams, run_expand, structure_problem)
+from curation.expand import FamilyChecker, funnel, jaccard, ngrams, run_expand, structure_problem
 from curation.generate import run_generate
-from curation.llm import LLMClient, LLMUnavailable
-from curation.records import Item
-from curation.scripted_server import Reply, ScriptedServer, Status
-from curation.store import Store
+from medcot.config import ConfigError, ExpandConfig, GenerateConfig, LLMConfig
+from medcot.llm import LLMClient, LLMUnavailable
+from medcot.records import Item
+from medcot.scripted_server import Reply, ScriptedServer, Status
+from medcot.store import Store
 
 MODEL = "scripted"
 SEED_EN = Item(id="en-1", family_id="en-1", language="en", source="medmcqa dev", licence="MIT", subject="Medicine",
@@ -266,7 +266,7 @@ class ThreadedServer:
 
 
 def test_cli_expand_and_report(tmp_path: Path) -> None:
-    from curation.cli import main
+    from medcot.cli import main
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text(json.dumps({"id": "en-1", "question": SEED_EN.question, "options": SEED_EN.options,
                                  "answer": "B", "language": "en", "subject": "Medicine"}) + "\n")

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.extract import (EXTRACTOR_VERSION, Extraction, extract_answer, parse_option_explanations,
-                              split_think)
+from medcot.extract import EXTRACTOR_VERSION, Extraction, extract_answer, parse_option_explanations, split_think
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "extraction.jsonl"
 ROWS = [json.loads(line) for line in FIXTURES.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from curation.db import CallRow, GenerationRow
-from curation.store import Store
+from medcot.db import CallRow, GenerationRow
+from medcot.store import Store
 
 pytestmark = pytest.mark.vllm
 REPO = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ def seed_file(tmp_path: Path, n_zh: int, n_en: int) -> Path:
 
 
 def run_cmd(tmp_path: Path, server, seeds: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "curation.cli", "run", "--config", str(REPO / "configs/demo.yaml"), "--no-progress",
+    return [sys.executable, "-m", "medcot.cli", "run", "--config", str(REPO / "configs/demo.yaml"), "--no-progress",
             "--set", "server.managed=false", "--set", f"llm.endpoints=[{server.base_url}]",
             "--set", f"llm.model={server.model_name}", "--set", f"store.url={tmp_path / 'store.db'}",
             "--set", f"run.out_dir={tmp_path / 'out'}", "--set", f"seeds.files=[{seeds}]",

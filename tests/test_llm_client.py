@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from curation.config import LLMConfig
-from curation.llm import LLMClient, LLMError, LLMUnavailable, cache_key, json_schema_format, split_reasoning
-from curation.records import ChatRequest
-from curation.scripted_server import Drop, Hang, Malformed, Reply, ScriptedServer, Status
-from curation.server import free_port
-from curation.store import Store
+from medcot.config import LLMConfig
+from medcot.llm import LLMClient, LLMError, LLMUnavailable, cache_key, json_schema_format, split_reasoning
+from medcot.records import ChatRequest
+from medcot.scripted_server import Drop, Hang, Malformed, Reply, ScriptedServer, Status
+from medcot.server import free_port
+from medcot.store import Store
 
 MODEL = "scripted-model"
 
@@ -263,7 +263,7 @@ async def test_calls_are_recorded(server: ScriptedServer, store: Store) -> None:
 
 # ---- the server as a separate process -----------------------------------------------------------------
 async def test_scripted_server_process() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "curation.scripted_server", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "medcot.scripted_server", "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

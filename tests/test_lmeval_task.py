@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import model_dir
-from curation.config import BuildConfig
+
 from dataset_builder.build import build_release
 from dataset_builder.lmeval_utils import NO_ANSWER
 from dataset_builder.synthetic import SyntheticSpec, make_store
+from medcot.config import BuildConfig
 
 pytestmark = pytest.mark.vllm
 LIMIT = 3

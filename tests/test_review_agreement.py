@@ -7,7 +7,6 @@ from itertools import combinations
 
 import pytest
 
-from curation.config import ReviewConfig
 from curation.review import assign as assigning
 from curation.review import sample
 from curation.review.agreement import cohen_kappa, fleiss_from_ratings, fleiss_kappa, krippendorff_alpha
@@ -15,7 +14,8 @@ from curation.review.panel import submit_panel
 from curation.review.records import PanelInput, ReviewInput
 from curation.review.stats import collect, render_text
 from curation.review.submit import submit_review
-from curation.store import Store
+from medcot.config import ReviewConfig
+from medcot.store import Store
 
 # Krippendorff (2011), "Computing Krippendorff's alpha-reliability", section C: 4 observers, 12 units,
 # missing values (None). Published: nominal 0.743, ordinal 0.815, interval 0.849.

@@ -19,13 +19,13 @@ import pytest
 import uvicorn
 from sqlalchemy import select
 
-from curation.config import load_config
 from curation.review import assign as assigning
 from curation.review import sample
 from curation.review.app import create_app
-from curation.review.models import DecisionRow
-from curation.scripted_server import ScriptedServer
-from curation.store import Store
+from medcot.config import load_config
+from medcot.review_tables import DecisionRow
+from medcot.scripted_server import ScriptedServer
+from medcot.store import Store
 
 pytestmark = pytest.mark.browser
 PW = "correct horse battery"
@@ -43,7 +43,7 @@ class LLMThread:
         self.server = ScriptedServer(responder=sample.ScriptedJudge(cot_letter="C"))
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
-    def __enter__(self) -> "LLMThread":
+    def __enter__(self) -> LLMThread:
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
         return self
@@ -64,7 +64,7 @@ class AppThread:
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
-    def __enter__(self) -> "AppThread":
+    def __enter__(self) -> AppThread:
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:

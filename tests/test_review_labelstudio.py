@@ -9,14 +9,14 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from curation.cli import main
-from curation.config import ReviewConfig
 from curation.review import assign as assigning
 from curation.review import sample
 from curation.review.labelstudio import export_tasks, import_export, labeling_config
-from curation.review.models import ReviewRow, RubricScoreRow, UserRow
 from curation.review.records import ReviewError
-from curation.store import Store
+from medcot.cli import main
+from medcot.config import ReviewConfig
+from medcot.review_tables import ReviewRow, RubricScoreRow, UserRow
+from medcot.store import Store
 
 PW = "correct horse battery"
 

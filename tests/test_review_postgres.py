@@ -10,17 +10,17 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select, text
 
-from curation.config import ReviewConfig, load_config
 from curation.review import assign as assigning
 from curation.review import sample
 from curation.review.app import create_app
 from curation.review.consensus import run_consensus
-from curation.review.models import ReviewRow, RevisionRow
 from curation.review.panel import submit_panel
 from curation.review.records import Edits, PanelInput, ReviewError, ReviewInput
 from curation.review.stats import collect
 from curation.review.submit import submit_adjudication, submit_review
-from curation.store import Store
+from medcot.config import ReviewConfig, load_config
+from medcot.review_tables import ReviewRow, RevisionRow
+from medcot.store import Store
 
 pytestmark = pytest.mark.postgres
 PW = "correct horse battery"

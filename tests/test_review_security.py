@@ -10,14 +10,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from curation.config import ConfigError, load_config
 from curation.review import assign as assigning
 from curation.review import sample
 from curation.review.app import create_app, secret_from_env
-from curation.review.models import ReviewRow
 from curation.review.records import ReviewInput
 from curation.review.submit import submit_review
-from curation.store import Store
+from medcot.config import ConfigError, load_config
+from medcot.review_tables import ReviewRow
+from medcot.store import Store
 
 PW = "correct horse battery"
 XSS = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"

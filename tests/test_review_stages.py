@@ -9,19 +9,19 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from curation.config import load_config
-from curation.db import GenerationRow
-from curation.pipeline import RunContext, _run_stages, check_stages
-from curation.report import render_markdown
 from curation.review import assign as assigning
 from curation.review import sample
 from curation.review.app import create_app
-from curation.review.models import DecisionRow, RevisionRow
 from curation.review.panel import submit_panel
 from curation.review.records import PanelInput
 from curation.review.routes import _regenerate
-from curation.scripted_server import ScriptedServer
-from curation.store import Store
+from medcot.config import load_config
+from medcot.db import GenerationRow
+from medcot.pipeline import RunContext, _run_stages, check_stages
+from medcot.report import render_markdown
+from medcot.review_tables import DecisionRow, RevisionRow
+from medcot.scripted_server import ScriptedServer
+from medcot.store import Store
 
 STAGES = ["review", "panel", "consensus"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from curation.config import load_config
-from curation.pipeline import RunContext, _run_stages, check_stages
 from curation.review import sample
-from curation.review.models import ReviewRow, UserRow
-from curation.store import Store
+from medcot.config import load_config
+from medcot.pipeline import RunContext, _run_stages, check_stages
+from medcot.review_tables import ReviewRow, UserRow
+from medcot.store import Store
 
 pytestmark = pytest.mark.vllm
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from curation.config import ConfigError, ReviewConfig, load_config
-from curation.db import EventRow, GenerationRow
 from curation.review import assign as assigning
 from curation.review import sample
 from curation.review.consensus import ConsensusError, decide, record_outcome, run_consensus
 from curation.review.items import current_cot, get_item
-from curation.review.models import AssignmentRow, DecisionRow, ReviewRow, RevisionRow
 from curation.review.panel import panel_state, submit_panel
 from curation.review.records import Edits, PanelInput, ReviewError, ReviewInput
 from curation.review.submit import submit_adjudication, submit_review
-from curation.store import Store
+from medcot.config import ConfigError, ReviewConfig, load_config
+from medcot.db import EventRow, GenerationRow
+from medcot.review_tables import AssignmentRow, DecisionRow, ReviewRow, RevisionRow
+from medcot.store import Store
 
 PW = "correct horse battery"
 GOOD = dict(relevance=1, correctness=1, sufficiency=1, answer="C", approve=True)

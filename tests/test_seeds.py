@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from curation.seeds import SeedError, import_seeds, load_seeds
-from curation.store import Store
+from medcot.seeds import SeedError, import_seeds, load_seeds
+from medcot.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def write(tmp_path: Path, records: list, name: str = "seeds.jsonl") -> Path:
 
 
 def medcot(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "curation.cli", *args], cwd=cwd, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "medcot.cli", *args], cwd=cwd, capture_output=True, text=True)
 
 
 BAD_CASES = [

@@ -1,4 +1,4 @@
-"""curation.server: command/env building, start/health/stop with fake servers, and one real vLLM run."""
+"""medcot.server: command/env building, start/health/stop with fake servers, and one real vLLM run."""
 from __future__ import annotations
 
 import json
@@ -14,9 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from curation.config import ServerConfig
-from curation.server import (CPU_ENV, CPU_EXTRA_ARGS, ServerError, VLLMServer, build_command, build_env,
-                             healthy, vllm_python)
+from medcot.config import ServerConfig
+from medcot.server import (
+    CPU_ENV,
+    CPU_EXTRA_ARGS,
+    ServerError,
+    VLLMServer,
+    build_command,
+    build_env,
+    healthy,
+    vllm_python,
+)
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

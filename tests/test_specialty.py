@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from curation.config import ConfigError, LLMConfig, SpecialtyConfig
-from curation.llm import LLMClient
-from curation.records import Item
-from curation.scripted_server import Reply, ScriptedServer
 from curation.specialty import load_taxonomy, parse_specialty, run_specialty, specialty_request
-from curation.store import Store
+from medcot.config import ConfigError, LLMConfig, SpecialtyConfig
+from medcot.llm import LLMClient
+from medcot.records import Item
+from medcot.scripted_server import Reply, ScriptedServer
+from medcot.store import Store
 
 MODEL = "scripted"
 

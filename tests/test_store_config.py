@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
-from curation.config import Config, ConfigError, load_config
-from curation.records import CallRecord, Event, Generation, Item
-from curation.store import Store
+from medcot.config import Config, ConfigError, load_config
+from medcot.records import CallRecord, Event, Generation, Item
+from medcot.store import Store
 
 
 def call(key: str, item: str = "i1") -> CallRecord:
@@ -50,7 +51,7 @@ def test_add_items_is_all_or_nothing(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "s.db"))
     item = Item(id="dup", family_id="dup", language="en", question="q", options={"A": "a", "B": "b",
                 "C": "c", "D": "d"}, answer="A")
-    with pytest.raises(Exception):
+    with pytest.raises(IntegrityError):
         store.add_items([item, item])
     assert store.count_items() == 0 and store.events() == []
 

@@ -10,13 +10,12 @@ from typing import Any
 import pytest
 
 from benchmarks.five_strike import PatternResponder, make_items, min_calls
-from curation.config import ConfigError, LLMConfig, StrikesConfig, load_config
-from curation.llm import LLMClient, LLMUnavailable
-from curation.records import Item
-from curation.scripted_server import Reply, ScriptedServer, Status
-from curation.store import Store
-from curation.strikes import (Attempt, map_back, permutation, run_strikes, shown_options, strike_request,
-                              strikes_stats)
+from curation.strikes import Attempt, map_back, permutation, run_strikes, shown_options, strike_request, strikes_stats
+from medcot.config import ConfigError, LLMConfig, StrikesConfig, load_config
+from medcot.llm import LLMClient, LLMUnavailable
+from medcot.records import Item
+from medcot.scripted_server import Reply, ScriptedServer, Status
+from medcot.store import Store
 
 MODEL = "scripted"
 

@@ -8,12 +8,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from curation.config import ConfigError, load_config  # noqa: E402
+from medcot.config import ConfigError, load_config  # noqa: E402
 from training.config import TrainConfig, load_train_config, run_config, to_dict  # noqa: E402
-from training.data import (ArmPool, common_size, equal_selections, family_sizes, pick_families,  # noqa: E402
-                           reachable)
-from training.format import (FormatError, SFTExample, build_completion, data_hash, format_row,  # noqa: E402
-                             strip_final_answer_lines)
+from training.data import ArmPool, common_size, equal_selections, family_sizes, pick_families, reachable  # noqa: E402
+from training.format import FormatError, SFTExample, build_completion, data_hash, format_row, strip_final_answer_lines  # noqa: E402
 from training.train import Hardware, precision_args, weights_dtype  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,7 +179,7 @@ def test_no_common_size_is_an_error() -> None:
 def test_cli_train_help_lists_matrix() -> None:
     from click.testing import CliRunner
 
-    from curation.cli import main
+    from medcot.cli import main
     out = CliRunner().invoke(main, ["train", "--help"])
     assert out.exit_code == 0 and "matrix" in out.output
     bad = CliRunner().invoke(main, ["train", "matrix", "--config", str(ROOT / "configs/train/demo.yaml"),
@@ -192,8 +190,8 @@ def test_cli_train_help_lists_matrix() -> None:
 def test_train_stage_is_registered_and_needs_a_release(tmp_path: Path) -> None:
     import asyncio
 
-    from curation.config import Config
-    from curation.pipeline import STAGES, RunContext, check_stages
+    from medcot.config import Config
+    from medcot.pipeline import STAGES, RunContext, check_stages
     check_stages(["train"])
     ctx = RunContext(cfg=Config(), store=None, out_dir=tmp_path)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="build"):
@@ -213,10 +211,10 @@ def test_format_pool_sets_apart_rows_without_cot_or_room(tmp_path: Path) -> None
     """With the real SmolLM2 tokenizer: a row without CoT and a row whose prompt fills max_length are
     excluded with their reasons; a long completion is counted as truncated, not excluded."""
     import datasets
-
     from conftest import model_dir
-    from training.data import format_pool, select
     from transformers import AutoTokenizer
+
+    from training.data import format_pool, select
     tok = AutoTokenizer.from_pretrained(str(model_dir()))
     rows = [{**EN, "id": "ok", "family_id": "a"}, {**EN, "id": "nocot", "family_id": "a", "cot": None},
             {**EN, "id": "long", "family_id": "b", "question": "word " * 400},

@@ -48,7 +48,7 @@ def lora_run(tiny: dict) -> dict:
     """`medcot train --config demo.yaml`: 3 real LoRA steps on the validated arm, merged."""
     from click.testing import CliRunner
 
-    from curation.cli import main
+    from medcot.cli import main
     out = tiny["root"] / "single"
     res = CliRunner().invoke(main, ["train", "--config", str(DEMO), "--json",
                                     *_sets(tiny, out, **{"sft.max_steps": 3, "output.merge": "true"})])
@@ -126,8 +126,8 @@ def test_labels_mask_exactly_the_prompt_tokens(tiny: dict) -> None:
 
 def test_matrix_via_pipeline_stage(tiny: dict, tmp_path: Path) -> None:
     """The `train` stage on the build stage's release: 2 arms x 2 seeds, equal N, manifest; a rerun reuses."""
-    from curation.config import Config
-    from curation.pipeline import STAGES, RunContext, check_stages
+    from medcot.config import Config
+    from medcot.pipeline import STAGES, RunContext, check_stages
     from training.config import load_train_config
     from training.matrix import plan
     cfg_file = tmp_path / "train.yaml"

@@ -19,7 +19,7 @@ def _summary(result: Any) -> str:
 
 def _guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """curation's guard (config/LLM errors -> exit codes) plus release rows that cannot be formatted."""
-    from curation.cli import fail, run_guarded
+    from medcot.cli import fail, run_guarded
     from training.format import FormatError
     try:
         return run_guarded(fn, *args, **kwargs)
@@ -28,7 +28,7 @@ def _guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def register(main: click.Group) -> None:
-    from curation.cli import config_option, get_config, set_option
+    from medcot.cli import config_option, get_config, set_option
     from training.config import TrainConfig
 
     @main.group("train", invoke_without_command=True)

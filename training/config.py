@@ -1,4 +1,4 @@
-"""Training configuration: dataclass defaults < YAML < ``--set`` (``curation.config.load_config``).
+"""Training configuration: dataclass defaults < YAML < ``--set`` (``medcot.config.load_config``).
 
 The ``sft:`` mapping is passed through to TRL's ``SFTConfig``: its keys are checked against SFTConfig's
 own fields (unknown keys are errors). A few keys are owned by medcot and rejected there:
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.config import ConfigError, default_cache_dir
+from medcot.config import ConfigError, default_cache_dir
 from training import import_torch
 
 ARMS = ("validated", "unvalidated")
@@ -42,7 +42,7 @@ class DataConfig:
     max_examples: int | None = field(default=None, metadata={
         "help": "cap on training examples (whole families, subsampled with subsample_seed); None = all"})
     subsample_seed: int = field(default=0, metadata={"help": "seed of the family subsample (recorded)"})
-    prompt: str = field(default="cot", metadata={"help": "versioned prompt file (curation/prompts/NAME.yaml)"})
+    prompt: str = field(default="cot", metadata={"help": "versioned prompt file (medcot/prompts/NAME.yaml)"})
 
     def __post_init__(self) -> None:
         if self.arm not in ARMS:
@@ -135,7 +135,7 @@ def check_sft_keys(sft: dict[str, Any]) -> None:
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    from curation.config import load_config
+    from medcot.config import load_config
     return load_config(path, overrides, cls=TrainConfig)
 
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import functools
 import random
+import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from curation.config import ConfigError
+from medcot.config import ConfigError
 from training.format import SFTExample, data_hash, format_row
 
 REASON_PROMPT_TOO_LONG = "prompt_fills_max_length"

@@ -1,6 +1,6 @@
 """SFT formatting: one release row -> one conversational prompt/completion example. Both arms use it.
 
-prompt     = the versioned CoT prompt (``curation/prompts/<name>.yaml``, zh or en): instruction, question and
+prompt     = the versioned CoT prompt (``medcot/prompts/<name>.yaml``, zh or en): instruction, question and
              the lettered options, as chat messages (system + user);
 completion = the row's chain of thought with any final-answer line removed, then exactly one final-answer
              line in the project's fixed form (zh ``答案：X``, en ``Answer: X``), X = the row's ``answer``.
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from curation.prompts import format_options, load_prompt
+from medcot.prompts import format_options, load_prompt
 
 FORMAT_VERSION = "sft-format@1"
 LETTERS = "ABCDE"

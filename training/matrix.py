@@ -18,7 +18,7 @@ A finished run (same config and data fingerprint, outputs present) is not traine
       "split": "train",                                # the split trained on
       "base_model": "/path/or/hub-name",               # model.path: what adapters apply to
       "full_finetune": false,
-      "prompt": "cot",                                 # curation/prompts/<prompt>.yaml, used for zh and en
+      "prompt": "cot",                                 # medcot/prompts/<prompt>.yaml, used for zh and en
       "prompt_version": "cot@1+sft-format@1",          # prompt file tag + completion format version
       "n_per_arm": 120,                                # N: training examples of EVERY run
       "arms": {                                        # one entry per arm (see training.data.Selection)
@@ -59,15 +59,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from curation.config import ConfigError
+from medcot.config import ConfigError
 from training.config import TrainConfig, run_config, to_dict
 from training.data import ArmData, equal_selections
-from training.train import (finished_result, is_main_process, load_pools, load_tokenizer, plot_losses, run_name,
-                            train_one)
+from training.train import (
+    finished_result,
+    is_main_process,
+    load_pools,
+    load_tokenizer,
+    plot_losses,
+    run_name,
+    train_one,
+)
 
 MANIFEST_SCHEMA = "medcot.train.manifest/1"
 
@@ -137,7 +144,7 @@ def manifest(base: TrainConfig, arms: dict[str, ArmData], runs: list[dict[str, A
     from training.format import prompt_version
     sizes = {a.selection.n for a in arms.values()}
     assert len(sizes) == 1, f"arms differ in size: {sizes}"
-    return {"schema": MANIFEST_SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return {"schema": MANIFEST_SCHEMA, "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "config": base.source, "base_config": to_dict(base), "release_dir": base.data.release_dir,
             "split": base.data.split, "base_model": base.model.path, "full_finetune": base.lora.full_finetune,
             "prompt": base.data.prompt, "prompt_version": prompt_version(base.data.prompt),

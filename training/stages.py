@@ -8,8 +8,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from curation.config import ConfigError
-from curation.pipeline import RunContext, stage
+from medcot.config import ConfigError
+from medcot.pipeline import RunContext, stage
 
 
 def release_dir(ctx: RunContext) -> str:

@@ -23,7 +23,6 @@ from training import import_torch
 from training.config import TrainConfig, to_dict
 from training.data import ArmData, ArmPool, equal_selections, format_pool, load_split
 
-
 import_torch()  # before transformers/trl/peft load it (see training.import_torch)
 
 LOG_NAME = "training_log.json"
@@ -314,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m training.train --config C [--set k=v ...]`` (what ``accelerate launch`` runs)."""
     import argparse
 
-    from curation.config import ConfigError
+    from medcot.config import ConfigError
     from training.format import FormatError
     parser = argparse.ArgumentParser(description="medcot: one SFT run (see training/README.md)")
     parser.add_argument("--config", required=True)

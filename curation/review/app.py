@@ -20,11 +20,11 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader
 from starlette.datastructures import MutableHeaders
 
-from curation.config import Config, ConfigError
-from curation.records import Event
 from curation.review.auth import SESSION_COOKIE, LoginThrottle, Sessions, csrf_ok, get_user
 from curation.review.records import ReviewError, User
-from curation.store import Store
+from medcot.config import Config, ConfigError
+from medcot.records import Event
+from medcot.store import Store
 
 HERE = Path(__file__).resolve().parent
 SECURITY_HEADERS = {

@@ -20,12 +20,12 @@ from dataclasses import asdict
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
-from curation.config import ReviewConfig
-from curation.db import EventRow
-from curation.records import Event
 from curation.review.auth import ensure_automated_user
-from curation.review.models import AssignmentRow, DecisionRow, ReviewRow, RevisionRow, UserRow
 from curation.review.records import PANEL_ACTIONS, User
+from medcot.config import ReviewConfig
+from medcot.db import EventRow
+from medcot.records import Event
+from medcot.review_tables import AssignmentRow, DecisionRow, ReviewRow, RevisionRow, UserRow
 
 JUDGE_PREFIX = "llm:"
 _CHUNK = 500  # items per query (bound on SQL parameters)

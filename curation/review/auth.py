@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict, deque
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -24,12 +24,12 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from curation.db import EventRow
-from curation.records import Event
 from curation.review.items import log
-from curation.review.models import ACTOR_KINDS, ROLES, UserRow
 from curation.review.records import ReviewError, User
-from curation.store import Store
+from medcot.db import EventRow
+from medcot.records import Event
+from medcot.review_tables import ACTOR_KINDS, ROLES, UserRow
+from medcot.store import Store
 
 SESSION_COOKIE = "medcot_session"
 _HASHER = PasswordHasher()
@@ -120,7 +120,7 @@ class LoginThrottle:
         with self._lock:
             if self._ip_failures(ip) >= self.max_failures * 4:  # many accounts tried from one address
                 return True
-        since = datetime.now(timezone.utc) - timedelta(seconds=self.window_s)
+        since = datetime.now(UTC) - timedelta(seconds=self.window_s)
         n = conn.scalar(select(func.count()).select_from(EventRow).where(
             EventRow.kind == "login_failed", EventRow.actor == name, EventRow.created_at >= since)) or 0
         return n >= self.max_failures

@@ -9,11 +9,11 @@ from typing import Any
 
 import click
 
-from curation.cli import config_option, fail, get_config, set_option, store_option
+from medcot.cli import config_option, fail, get_config, set_option, store_option
 
 
 def _store(cfg: Any) -> Any:
-    from curation.store import Store
+    from medcot.store import Store
     return Store(cfg.store.url)
 
 
@@ -31,8 +31,8 @@ def register(main: click.Group) -> None:
         """Run the review web app until Ctrl-C. Needs the session key in $MEDCOT_REVIEW_SECRET (review.secret_key_env)."""
         import uvicorn
 
-        from curation.config import ConfigError
         from curation.review.app import create_app
+        from medcot.config import ConfigError
         cfg = get_config(config_path, overrides)
         try:
             app = create_app(cfg)

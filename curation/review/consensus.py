@@ -25,13 +25,13 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
-from curation.config import ReviewConfig
-from curation.records import Event, Item
 from curation.review import assign as assigning
 from curation.review.items import cot_round, get_item, last_revision_time, lock_item, set_stage
-from curation.review.models import DecisionRow, ReviewRow, UserRow
 from curation.review.records import OUTCOMES, PANEL_ACTIONS, Outcome, ReviewError, User, Vote
-from curation.store import Store
+from medcot.config import ReviewConfig
+from medcot.records import Event, Item
+from medcot.review_tables import DecisionRow, ReviewRow, UserRow
+from medcot.store import Store
 
 DECIDABLE = ("strikes_passed", "panel_done", "adjudication")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from curation.review.models import RUBRIC_DIMENSIONS
 from curation.review.records import Edits, PanelInput, ReviewError, ReviewInput
+from medcot.review_tables import RUBRIC_DIMENSIONS
 
 MAX_FIELD = 100_000
 

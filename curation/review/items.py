@@ -14,12 +14,12 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from curation.db import AttemptRow, EventRow, GenerationRow, ItemRow
-from curation.extract import extract_answer, parse_option_explanations
-from curation.records import Event, Item
-from curation.review.models import RevisionRow, UserRow
 from curation.review.records import Edits, ReviewError, User
-from curation.store import normalize_text
+from medcot.db import AttemptRow, EventRow, GenerationRow, ItemRow
+from medcot.extract import extract_answer, parse_option_explanations
+from medcot.records import Event, Item
+from medcot.review_tables import RevisionRow, UserRow
+from medcot.store import normalize_text
 
 COT_PURPOSES = ("initial", "regenerated", "edited")
 _ITEMS = ItemRow.__table__

@@ -11,13 +11,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from curation.config import ReviewConfig
-from curation.llm import LLMClient, json_schema_format
-from curation.prompts import format_options
-from curation.records import ChatRequest, Item
-from curation.review.models import BINARY_DIMENSIONS, RUBRIC_DIMENSIONS
 from curation.review.prompts import load as load_prompt
 from curation.review.records import PanelInput, ReviewError, ReviewInput
+from medcot.config import ReviewConfig
+from medcot.llm import LLMClient, json_schema_format
+from medcot.prompts import format_options
+from medcot.records import ChatRequest, Item
+from medcot.review_tables import BINARY_DIMENSIONS, RUBRIC_DIMENSIONS
 
 MAX_TEXT = 300
 

@@ -17,18 +17,18 @@ from xml.etree import ElementTree as ET
 
 from sqlalchemy import insert, select
 
-from curation.config import ReviewConfig
-from curation.db import EventRow
-from curation.records import Event
 from curation.review.assign import is_assigned
 from curation.review.auth import get_user_by_name
 from curation.review.items import attempts, current_cot, editors, lock_item, log
 from curation.review.judge import history_text
-from curation.review.models import BINARY_DIMENSIONS, RUBRIC_DIMENSIONS, AssignmentRow
 from curation.review.panel import submit_panel
 from curation.review.records import Edits, PanelInput, ReviewError, ReviewInput, User
 from curation.review.submit import submit_review
-from curation.store import Store
+from medcot.config import ReviewConfig
+from medcot.db import EventRow
+from medcot.records import Event
+from medcot.review_tables import BINARY_DIMENSIONS, RUBRIC_DIMENSIONS, AssignmentRow
+from medcot.store import Store
 
 ROLE_FOR = {"review": "reviewer", "panel": "panelist"}
 

@@ -19,18 +19,18 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
-from curation.config import GenerateConfig, ReviewConfig
-from curation.db import ItemRow
 from curation.generate import cot_request
-from curation.llm import LLMClient
-from curation.records import Event, Item
 from curation.review import assign as assigning
 from curation.review.consensus import panel_decisions, record_outcome
 from curation.review.items import current_cot, editors, get_item, lock_item, log, save_cot, set_stage
-from curation.review.models import RUBRIC_DIMENSIONS, DecisionRow, RevisionRow, RubricScoreRow
 from curation.review.prompts import load as load_prompt
 from curation.review.records import PanelInput, ReviewError, User
-from curation.store import Store
+from medcot.config import GenerateConfig, ReviewConfig
+from medcot.db import ItemRow
+from medcot.llm import LLMClient
+from medcot.records import Event, Item
+from medcot.review_tables import RUBRIC_DIMENSIONS, DecisionRow, RevisionRow, RubricScoreRow
+from medcot.store import Store
 
 
 @dataclass

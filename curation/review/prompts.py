@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from curation.prompts import Prompt, load_prompt
+from medcot.prompts import Prompt, load_prompt
 
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
 

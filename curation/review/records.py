@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from curation.review.models import BINARY_DIMENSIONS, RUBRIC_DIMENSIONS
+from medcot.review_tables import BINARY_DIMENSIONS, RUBRIC_DIMENSIONS
 
 PANEL_ACTIONS = ("accept", "revise", "regenerate", "discard")
 OUTCOMES = ("approved", "adjudication", "removed")

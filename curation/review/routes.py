@@ -13,9 +13,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
 
-from curation.db import EventRow
-from curation.llm import LLMClient, LLMError
-from curation.records import Event
 from curation.review import forms, views
 from curation.review.app import ReviewApp
 from curation.review.auth import SESSION_COOKIE, authenticate, list_users
@@ -25,6 +22,9 @@ from curation.review.panel import regenerate, submit_panel
 from curation.review.records import ReviewError, User
 from curation.review.stats import collect, fmt
 from curation.review.submit import submit_adjudication, submit_review
+from medcot.db import EventRow
+from medcot.llm import LLMClient, LLMError
+from medcot.records import Event
 
 AUDIT_PAGE = 200
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from sqlalchemy import insert, update
 
-from curation.db import AttemptRow, ItemRow
-from curation.extract import extract_answer
-from curation.records import Event, Generation, Item
 from curation.review.auth import create_user, hash_password
 from curation.review.records import User
-from curation.store import Store
+from medcot.db import AttemptRow, ItemRow
+from medcot.extract import extract_answer
+from medcot.records import Event, Generation, Item
+from medcot.store import Store
 
 OPTIONS = {"A": "Adrenaline", "B": "Vasopressin", "C": "Atropine", "D": "Amiodarone"}
 
@@ -69,7 +69,7 @@ def add_users(store: Store, password: str, reviewers: int = 2, panelists: int = 
 
 
 class ScriptedJudge:
-    """A responder for curation.scripted_server.ScriptedServer that plays the LLM judge and the regenerating
+    """A responder for medcot.scripted_server.ScriptedServer that plays the LLM judge and the regenerating
     model in tests: `review(persona, user_text)` / `panel(persona, user_text)` return the judgement dicts
     (override them per test), anything without a response_format is a CoT answering `cot_letter`."""
 

@@ -9,21 +9,21 @@ from typing import Any
 
 from sqlalchemy import select
 
-from curation.config import ReviewConfig
-from curation.generate import gather_all
-from curation.pipeline import RunContext, stage
-from curation.records import Event, Item
 from curation.review import assign as assigning
-from curation.review.consensus import decide, escalate, run_consensus
 from curation.review.auth import list_users
+from curation.review.consensus import decide, escalate, run_consensus
 from curation.review.items import attempts, current_cot, get_item
 from curation.review.judge import Judge, JudgeResult
-from curation.review.models import AssignmentRow, ReviewRow
 from curation.review.panel import panel_state, pending_regenerations, regenerate, submit_panel
 from curation.review.records import PanelInput, ReviewError, ReviewInput, User
 from curation.review.stats import validation_counts
 from curation.review.submit import submit_review
-from curation.store import Store
+from medcot.config import ReviewConfig
+from medcot.llm import gather_all
+from medcot.pipeline import RunContext, stage
+from medcot.records import Event, Item
+from medcot.review_tables import AssignmentRow, ReviewRow
+from medcot.store import Store
 
 NOT_VALIDATED = ("**These items are NOT expert-validated.** `review.automated: llm` is set: the reviews and panel "
                  "scores below come from an automated LLM judge (recorded as kind \"llm\"), which never counts as "

@@ -10,10 +10,17 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from curation.db import ItemRow
 from curation.review.agreement import cohen_kappa, fleiss_from_ratings, krippendorff_alpha
-from curation.review.models import (BINARY_DIMENSIONS, RUBRIC_DIMENSIONS, AssignmentRow, DecisionRow, ReviewRow,
-                                    RubricScoreRow, UserRow)
+from medcot.db import ItemRow
+from medcot.review_tables import (
+    BINARY_DIMENSIONS,
+    RUBRIC_DIMENSIONS,
+    AssignmentRow,
+    DecisionRow,
+    ReviewRow,
+    RubricScoreRow,
+    UserRow,
+)
 
 REVIEW_FIELDS = BINARY_DIMENSIONS + ("approve",)
 

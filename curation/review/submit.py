@@ -11,16 +11,23 @@ from dataclasses import dataclass, field
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
-from curation.config import ReviewConfig
-from curation.records import Event
-from curation.records import Item
 from curation.review.assign import is_assigned
 from curation.review.consensus import decide, record_outcome, review_votes, verdict
-from curation.review.items import (apply_edits, editors, effective_edits, get_item, lock_item, log, revision_count,
-                                   set_stage)
-from curation.review.models import AssignmentRow, DecisionRow, ReviewRow
+from curation.review.items import (
+    apply_edits,
+    editors,
+    effective_edits,
+    get_item,
+    lock_item,
+    log,
+    revision_count,
+    set_stage,
+)
 from curation.review.records import PANEL_ACTIONS, ReviewError, ReviewInput, User
-from curation.store import Store
+from medcot.config import ReviewConfig
+from medcot.records import Event, Item
+from medcot.review_tables import AssignmentRow, DecisionRow, ReviewRow
+from medcot.store import Store
 
 _FIELDS = ("relevance", "correctness", "sufficiency", "answer", "approve", "comment")
 

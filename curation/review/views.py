@@ -11,14 +11,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from curation.db import EventRow, ItemRow
 from curation.review.assign import is_assigned
 from curation.review.consensus import panel_decisions
 from curation.review.items import attempts, cot_history, current_cot, editors, get_item, revision_count, revisions
-from curation.review.models import RUBRIC_DIMENSIONS, AssignmentRow, ReviewRow, RubricScoreRow, UserRow
 from curation.review.panel import panel_state
 from curation.review.records import ReviewError, User
 from curation.review.submit import may_adjudicate
+from medcot.db import EventRow, ItemRow
+from medcot.review_tables import RUBRIC_DIMENSIONS, AssignmentRow, ReviewRow, RubricScoreRow, UserRow
 
 
 def phase_access(conn: Connection, item_id: str, user: User, phase: str) -> None:

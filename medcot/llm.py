@@ -17,15 +17,15 @@ import random
 import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from curation.config import LLMConfig
-from curation.records import CallRecord, ChatRequest, ChatResult
-from curation.store import Store
+from medcot.config import LLMConfig, SamplingConfig
+from medcot.records import CallRecord, ChatRequest, ChatResult
+from medcot.store import Store
 
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 _THINK = re.compile(r"^\s*(?:<think>)?(.*?)</think>\s*", re.S)  # R1 often has <think> in the prompt
@@ -127,7 +127,7 @@ class LLMClient:
         self._ready_lock = asyncio.Lock()
         self._inflight: dict[str, asyncio.Future[ChatResult]] = {}
 
-    async def __aenter__(self) -> "LLMClient":
+    async def __aenter__(self) -> LLMClient:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -241,7 +241,7 @@ class LLMClient:
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             endpoint.down_until = time.monotonic() + 2.0
             raise _RetryableError(f"connection error: {exc!r}") from exc
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise _RetryableError(f"timeout after {self.cfg.timeout_s}s") from exc
         finally:
             endpoint.in_flight -= 1
@@ -279,3 +279,24 @@ def _retry_after(value: str | None) -> float | None:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def sampling_params(s: SamplingConfig) -> dict[str, object]:
+    params: dict[str, object] = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+    if s.seed is not None:
+        params["seed"] = s.seed
+    return params
+
+
+async def gather_all(coros: list) -> None:  # type: ignore[type-arg]
+    """Run coroutines concurrently (the client bounds concurrency). On the first LLMUnavailable,
+    cancel the rest and re-raise: everything finished so far is already in the store."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        for fut in asyncio.as_completed(tasks):
+            await fut
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -44,7 +44,7 @@ class Item:
     stage: str = "imported"
 
     @classmethod
-    def from_seed(cls, seed: Seed) -> "Item":
+    def from_seed(cls, seed: Seed) -> Item:
         return cls(id=seed.id, family_id=seed.id, language=seed.language, question=seed.question,
                    options=dict(seed.options), answer=seed.answer, subject=seed.subject,
                    explanation=seed.explanation, source=seed.source, licence=seed.licence)
@@ -143,3 +143,43 @@ ITEM_STAGES = (
     "approved",        # consensus reached [2.3.5]
     "removed",         # discarded, or no consensus [2.3.5]
 )
+
+
+# Records of the expansion and five-strike stages, defined here because the store reads and writes them.
+@dataclass(slots=True)
+class Candidate:
+    """One expansion candidate as checked. `check` is "" when accepted, else the failed check."""
+
+    family_id: str
+    parent_id: str
+    slot: int  # -1: the family's facts extraction itself failed
+    aspect: str | None
+    call_id: int | None
+    check: str  # "" | "facts_json" | "facts_missing_key" | "json" | "missing_key" | "structure" | "copy" | "near_duplicate"
+    reason: str
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One attempt (the `attempts` table), plus the token counts of its call."""
+
+    item_id: str
+    round: int
+    attempt_no: int
+    template: str  # prompt tag, e.g. "strike_direct@1"
+    permutation: list[str]  # shown letter i -> original letter permutation[i]
+    seed: int | None
+    call_id: int | None
+    raw: str
+    reasoning: str | None
+    shown_letter: str | None
+    letter: str | None  # in the original order; None = no answer
+    matched_by: str
+    correct: bool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

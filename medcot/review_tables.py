@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from curation.db import Base, utcnow
+from medcot.db import Base, utcnow
 
 ROLES = ("reviewer", "panelist", "admin")
 ACTOR_KINDS = ("human", "llm", "demo")

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation.records import LANGUAGES, LETTERS, Item, Seed
-from curation.store import Store, normalize_text
+from medcot.records import LANGUAGES, LETTERS, Item, Seed
+from medcot.store import Store, normalize_text
 
 REQUIRED = ("question", "options", "answer", "language")
 OPTIONAL = ("id", "subject", "explanation", "source", "licence")

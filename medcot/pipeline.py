@@ -8,13 +8,13 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from curation.config import Config, ConfigError
-from curation.llm import LLMClient
-from curation.seeds import import_seeds
-from curation.store import Store
+from medcot.config import Config, ConfigError
+from medcot.llm import LLMClient
+from medcot.store import Store
 
 
 @dataclass
@@ -39,43 +39,13 @@ def stage(name: str, needs_llm: bool = False) -> Callable[[StageFn], StageFn]:
     return register
 
 
-@stage("seeds")
-async def _seeds(ctx: RunContext) -> dict[str, Any]:
-    imported = {}
-    for path in ctx.cfg.seeds.files:
-        imported[path] = import_seeds(Path(path), ctx.store, limit=ctx.cfg.seeds.per_file_limit, skip_existing=True)
-    return {"imported": imported, "items_in_store": ctx.store.count_items()}
-
-
-@stage("generate", needs_llm=True)
-async def _generate(ctx: RunContext) -> dict[str, Any]:
-    from curation.generate import run_generate, summary_dict
-    assert ctx.client is not None
-    summary = await run_generate(ctx.store, ctx.client, ctx.cfg.generate, ctx.cfg.llm.model, ctx.progress)
-    return summary_dict(summary)
-
-
-@stage("export")
-async def _export(ctx: RunContext) -> dict[str, Any]:
-    """The same release builder as the `build` stage (dataset_builder), kept under its old name for configs
-    that list `export`; configs whose later stages read the release (train, eval) list `build`."""
-    from dataset_builder.stages import build_stage
-    return await build_stage(ctx)
-
-
-# Modules that register more stages with @stage (expansion, five-strike, review, release, training, eval).
-_STAGE_MODULES = ["curation.expand", "curation.specialty", "curation.strikes", "curation.review.stages",
-                  "dataset_builder.stages", "training.stages", "eval.stages"]
+STAGE_ENTRY_POINTS = "medcot.stages"  # each package names, in its pyproject entry points, the modules
+# whose @stage functions it contributes (curation, review, release, training, eval): the core never names them.
 
 
 def _load_stage_modules() -> None:
-    import importlib
-    for name in _STAGE_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not name.startswith(exc.name):
-                raise
+    for ep in entry_points(group=STAGE_ENTRY_POINTS):
+        ep.load()
 
 
 def check_stages(names: list[str]) -> None:
@@ -90,7 +60,7 @@ class LazyServer:
     starts it) and stopped when the run ends, whatever the outcome."""
 
     def __init__(self, cfg: Config, log_dir: Path):
-        from curation.server import VLLMServer
+        from medcot.server import VLLMServer
         self.server = VLLMServer(cfg.server, log_path=cfg.server.log_file or log_dir / "vllm.log")
         cfg.llm.endpoints = [self.server.base_url]
         cfg.llm.model = self.server.model_name
@@ -151,7 +121,7 @@ def build_report(ctx: RunContext, seconds: float) -> dict[str, Any]:
 def write_report(report: dict[str, Any], out_dir: Path) -> Path:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n",
                                          encoding="utf-8")
-    from curation.report import render_markdown
+    from medcot.report import render_markdown
     path = out_dir / "report.md"
     path.write_text(render_markdown(report), encoding="utf-8")
     return path

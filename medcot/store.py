@@ -12,8 +12,9 @@ from sqlalchemy import bindparam, create_engine, event, func, insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from curation.db import AttemptRow, Base, CallRow, CandidateRow, EventRow, GenerationRow, ItemRow
-from curation.records import CallRecord, Event, Generation, Item
+from medcot import review_tables  # noqa: F401  (registers the review tables on Base)
+from medcot.db import AttemptRow, Base, CallRow, CandidateRow, EventRow, GenerationRow, ItemRow
+from medcot.records import Attempt, CallRecord, Candidate, Event, Generation, Item
 
 # The LLM-call hot path (a cache lookup before and one insert after every request) uses Core statements built
 # once: building ORM statements per call (`insert(...).values(**row)`) cost more than the SQL itself.
@@ -49,18 +50,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _load_table_modules() -> None:
-    """Import every module that adds tables to Base, so create_all makes them all."""
-    import importlib
-
-    for name in ("curation.review.models",):
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name not in (name, name.rsplit(".", 1)[0]):
-                raise
-
-
 class Store:
     def __init__(self, url: str, create: bool = True):
         self.url = store_url(url)
@@ -68,7 +57,6 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         if create:
-            _load_table_modules()
             Base.metadata.create_all(self.engine)
 
     def close(self) -> None:
@@ -189,9 +177,7 @@ class Store:
 
 
     # ---- expansion, specialty, five-strike (issue 3) ------------------------------------------------------
-    # Candidate and Attempt are the typed records of curation.expand / curation.strikes (imported lazily:
-    # those modules import this one).
-    def save_expansion(self, items: list[Item], item_events: list[Event], rejects: list[Any], done: Event) -> bool:
+    def save_expansion(self, items: list[Item], item_events: list[Event], rejects: list[Candidate], done: Event) -> bool:
         """A family's expansion in ONE transaction: new items, their lineage events, rejected candidates and
         the family's `expansion_done` event. False (nothing written) if the items already exist."""
         try:
@@ -209,8 +195,7 @@ class Store:
         with self.engine.connect() as conn:
             return set(conn.scalars(select(EventRow.item_id).where(EventRow.kind == "expansion_done")))
 
-    def rejected_candidates(self, family_id: str | None = None) -> list[Any]:
-        from curation.expand import Candidate
+    def rejected_candidates(self, family_id: str | None = None) -> list[Candidate]:
         query = select(CandidateRow).order_by(CandidateRow.id)
         if family_id is not None:
             query = query.where(CandidateRow.family_id == family_id)
@@ -223,7 +208,7 @@ class Store:
             conn.execute(ItemRow.__table__.update().where(ItemRow.id == item_id).values(specialty=specialty))
             self.log_event(ev, conn)
 
-    def save_attempt(self, attempt: Any, new_stage: str | None = None, ev: Event | None = None) -> bool:
+    def save_attempt(self, attempt: Attempt, new_stage: str | None = None, ev: Event | None = None) -> bool:
         """A five-strike attempt, with the item's stage change and its event when it resolves the item, in
         ONE transaction. False (nothing written) when that attempt is already stored."""
         row = {k: getattr(attempt, k) for k in _ATTEMPT_FIELDS}
@@ -239,9 +224,8 @@ class Store:
         except IntegrityError:
             return False
 
-    def attempts(self, round: int = 0) -> list[Any]:
+    def attempts(self, round: int = 0) -> list[Attempt]:
         """Every attempt of a round, with the token counts of its call, ordered by item and attempt."""
-        from curation.strikes import Attempt
         query = (select(AttemptRow, func.coalesce(CallRow.prompt_tokens, 0).label("prompt_tokens"),
                         func.coalesce(CallRow.completion_tokens, 0).label("completion_tokens"))
                  .outerjoin(CallRow, CallRow.id == AttemptRow.call_id).where(AttemptRow.round == round)

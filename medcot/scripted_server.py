@@ -8,7 +8,7 @@ In-process (tests):
         ... LLMClient(LLMConfig(endpoints=[srv.base_url])) ...
         srv.count, srv.by_path, srv.bodies, srv.max_in_flight
 
-Separate process (benchmarks): `python -m curation.scripted_server --port 0 [--mode echo]` prints
+Separate process (benchmarks): `python -m medcot.scripted_server --port 0 [--mode echo]` prints
 `READY http://127.0.0.1:PORT/v1` on stdout once listening, and serves until SIGTERM/SIGINT.
 
 A behaviour is one of Reply, Status, Hang, Malformed, Drop, an aiohttp `web.Response`, a dict (sent as the
@@ -24,7 +24,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from aiohttp import web
 
@@ -70,7 +70,7 @@ class Drop:
     """Close the connection without answering."""
 
 
-Behaviour = Union[Reply, Status, Hang, Malformed, Drop, web.StreamResponse, dict, str]
+Behaviour = Reply | Status | Hang | Malformed | Drop | web.StreamResponse | dict | str
 Responder = Callable[[dict[str, Any]], Behaviour]
 
 
@@ -142,7 +142,7 @@ class ScriptedServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> "ScriptedServer":
+    async def __aenter__(self) -> ScriptedServer:
         await self.start()
         return self
 

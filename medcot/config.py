@@ -180,7 +180,7 @@ class StrikesConfig:
             raise ConfigError("strikes.max_attempts must be between 1 and 20")
         if not self.templates:
             raise ConfigError("strikes.templates must name at least one prompt file")
-        from curation.records import ITEM_STAGES
+        from medcot.records import ITEM_STAGES
         bad = [s for s in self.eligible_stages if s not in ITEM_STAGES]
         if bad or not self.eligible_stages:
             raise ConfigError(f"strikes.eligible_stages: unknown or empty {bad} (stages: {', '.join(ITEM_STAGES)})")

@@ -1,0 +1,26 @@
+"""The curation stages of `medcot run` (registered through the `medcot.stages` entry point): seeds import and
+CoT generation here; expansion, specialty and five-strike register themselves in their own modules."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from curation import expand, specialty, strikes  # noqa: F401  (their @stage functions register on import)
+from medcot.pipeline import RunContext, stage
+from medcot.seeds import import_seeds
+
+
+@stage("seeds")
+async def seeds_stage(ctx: RunContext) -> dict[str, Any]:
+    imported = {}
+    for path in ctx.cfg.seeds.files:
+        imported[path] = import_seeds(Path(path), ctx.store, limit=ctx.cfg.seeds.per_file_limit, skip_existing=True)
+    return {"imported": imported, "items_in_store": ctx.store.count_items()}
+
+
+@stage("generate", needs_llm=True)
+async def generate_stage(ctx: RunContext) -> dict[str, Any]:
+    from curation.generate import run_generate, summary_dict
+    assert ctx.client is not None
+    summary = await run_generate(ctx.store, ctx.client, ctx.cfg.generate, ctx.cfg.llm.model, ctx.progress)
+    return summary_dict(summary)

@@ -1,0 +1,1 @@
+"""medcot: the ground floor every package stands on."""
