@@ -301,7 +301,8 @@ def _judge(checker: FamilyChecker, out: FamilyResult, seed: Item, slot: int, asp
 
 
 # ---- the stage -------------------------------------------------------------------------------------
-async def run_expand(store: Store, client: LLMClient, cfg: ExpandConfig, model: str) -> ExpandSummary:
+async def run_expand(store: Store, client: LLMClient, cfg: ExpandConfig, model: str,
+                     progress: bool = True) -> ExpandSummary:
     """Expand every seed family not expanded yet (families whose seed has no CoT yet are skipped)."""
     check_aspects(cfg)
     done = store.expanded_families()
@@ -322,7 +323,7 @@ async def run_expand(store: Store, client: LLMClient, cfg: ExpandConfig, model: 
         if store.save_expansion(result.items, result.events, [c for c in result.candidates if c.check], done_event):
             _count(summary, result)
 
-    await gather_all([one(s) for s in todo])
+    await gather_all([one(s) for s in todo], desc="expand families", progress=progress, unit="family")
     return summary
 
 
@@ -384,7 +385,7 @@ def funnel_markdown(f: dict[str, Any], run: dict[str, Any]) -> str:
 @stage("expand", needs_llm=True)
 async def _expand_stage(ctx: RunContext) -> dict[str, Any]:
     assert ctx.client is not None
-    summary = await run_expand(ctx.store, ctx.client, ctx.cfg.expand, ctx.cfg.llm.model)
+    summary = await run_expand(ctx.store, ctx.client, ctx.cfg.expand, ctx.cfg.llm.model, ctx.progress)
     out: dict[str, Any] = asdict(summary)
     if ctx.cfg.expand.generate_cot:
         out["cot"] = summary_dict(await run_generate(ctx.store, ctx.client, ctx.cfg.generate, ctx.cfg.llm.model,

@@ -125,7 +125,8 @@ class SpecialtySummary:
     failures: dict[str, int] = field(default_factory=dict)
 
 
-async def run_specialty(store: Store, client: LLMClient | None, cfg: SpecialtyConfig, model: str) -> SpecialtySummary:
+async def run_specialty(store: Store, client: LLMClient | None, cfg: SpecialtyConfig, model: str,
+                        progress: bool = True) -> SpecialtySummary:
     """Assign a specialty to every item that has none (subject map first, then the LLM)."""
     tax = load_taxonomy(cfg.taxonomy)
     items = store.items()
@@ -161,7 +162,7 @@ async def run_specialty(store: Store, client: LLMClient | None, cfg: SpecialtyCo
                                                                          "prompt_version": req.prompt_version}))
         summary.by_llm += 1
 
-    await gather_all([one(it) for it in ask])
+    await gather_all([one(it) for it in ask], desc="specialty", progress=progress)
     return summary
 
 
@@ -190,7 +191,7 @@ def specialty_markdown(counts: dict[str, int], run: SpecialtySummary, tax: Taxon
 @stage("specialty", needs_llm=True)
 async def _specialty_stage(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg.specialty
-    run = await run_specialty(ctx.store, ctx.client, cfg, ctx.cfg.llm.model)
+    run = await run_specialty(ctx.store, ctx.client, cfg, ctx.cfg.llm.model, ctx.progress)
     tax = load_taxonomy(cfg.taxonomy)
     counts = specialty_counts(ctx.store)
     return {"run": asdict(run), "counts": counts, "markdown": specialty_markdown(counts, run, tax)}

@@ -15,19 +15,15 @@ def _cfg(config_path: str | None, overrides: tuple[str, ...]) -> Any:
     return get_config(config_path, overrides, cls=EvalConfig)
 
 
-def _guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
+def _guarded(fn: Any, *args: Any, _extra: tuple[type[Exception], ...] = (), **kwargs: Any) -> Any:
     """Known faults of the eval harness become clear messages (exit 2 bad input, 3 server down)."""
     from eval.compare import CompareError
     from eval.data import EvalDataError
     from eval.models import ManifestError
     from eval.schema_check import SchemaError
     from medcot.server import ServerError
-    try:
-        return run_guarded(fn, *args, **kwargs)
-    except (EvalDataError, ManifestError, CompareError, SchemaError, FileNotFoundError) as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
-    except ServerError as exc:
-        fail(str(exc), EXIT_LLM_DOWN)
+    bad = (EvalDataError, ManifestError, CompareError, SchemaError, FileNotFoundError, *_extra)
+    return run_guarded(fn, *args, _errors=((bad, "", EXIT_BAD_INPUT), (ServerError, "", EXIT_LLM_DOWN)), **kwargs)
 
 
 def register(main: click.Group) -> None:
@@ -117,8 +113,5 @@ def judge_cmd(config_path: str | None, overrides: tuple[str, ...], files: tuple[
 def submit_cmd(predictions: Path, fmt: str, output: Path) -> None:
     """Leaderboard submission (MedBench-style zip) or generic predictions JSONL, schema-validated."""
     from eval.submit import submit
-    try:
-        result = _guarded(submit, predictions, fmt, output)
-    except ValueError as exc:
-        fail(str(exc))
+    result = _guarded(submit, predictions, fmt, output, _extra=(ValueError,))
     click.echo(json.dumps(result))

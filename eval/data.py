@@ -27,6 +27,34 @@ def _letter(value: Any, names: list[str] | None, where: str) -> str:
     raise EvalDataError(f"{where}: answer {value!r} is not a letter A-E")
 
 
+def release_splits(release_dir: str) -> dict[str, list[str]]:
+    """Config name -> its non-empty splits, as the release card's YAML `configs:` declares them."""
+    import yaml
+    card = Path(release_dir) / "README.md"
+    if not card.is_file():
+        raise EvalDataError(f"release {release_dir!r}: no README.md (not a release folder)")
+    text = card.read_text(encoding="utf-8")
+    if not text.startswith("---"):
+        raise EvalDataError(f"{card}: no YAML header")
+    meta = yaml.safe_load(text.split("---", 2)[1]) or {}
+    return {c["config_name"]: [f["split"] for f in c.get("data_files", [])] for c in meta.get("configs", [])}
+
+
+# Where the eval stage looks when the configured config/split has no rows (small or unlucky runs): the same
+# split of the raw pipeline output, then the other held-out split. Train never: it is what the arms learnt.
+FALLBACK_ORDER = (("validated", "test"), ("unvalidated", "test"), ("validated", "validation"),
+                  ("unvalidated", "validation"))
+
+
+def choose_release_split(release_dir: str, config: str, split: str) -> tuple[str, str] | None:
+    """The configured (config, split) when it has rows, else the first of FALLBACK_ORDER that has; None if none."""
+    splits = release_splits(release_dir)
+    for cand in ((config, split), *FALLBACK_ORDER):
+        if cand[1] in splits.get(cand[0], []):
+            return cand
+    return None
+
+
 def release_rows(src: ReleaseSource) -> tuple[list[dict[str, Any]], Any]:
     """The rows and features of one config/split of a release folder (loaded offline)."""
     import datasets

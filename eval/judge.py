@@ -93,7 +93,7 @@ async def judge_predictions(client: LLMClient, preds: list[Prediction], cfg: Jud
                             identity=identity)
         out[i] = await judge_one(client, req, set_name=p.set, item_id=p.id, model=p.model, judge_name=cfg.model)
 
-    await gather_all([one(i, p) for i, p in enumerate(todo)])
+    await gather_all([one(i, p) for i, p in enumerate(todo)], desc="judge", unit="answer")
     return [s for s in out if s is not None]
 
 

@@ -87,7 +87,7 @@ def judge_release(cfg: EvalConfig, src: ReleaseSource) -> dict[str, Any]:
                                 item_id=f"release/{row['id']}", identity=identity)
             results[i] = await judge_one(client, req, set_name=f"{src.config}/{src.split}", item_id=str(row["id"]),
                                          model="release", judge_name=cfg.judge.model)
-        await gather_all([one(i, r) for i, (r, _) in enumerate(todo)])
+        await gather_all([one(i, r) for i, (r, _) in enumerate(todo)], desc="judge release", unit="row")
         return [s for s in results if s is not None]
 
     store = Store(str(out / "cache.db"))

@@ -27,7 +27,7 @@ def stage_config(ctx: RunContext) -> tuple[EvalConfig, list[str]]:
     release = (ctx.sections.get("build") or {}).get("release_dir")
     if release:
         cfg.release.dir = str(release)
-        notes.append(f"release: `{release}` ({cfg.release.config}/{cfg.release.split})")
+        notes.append(_pick_split(cfg, ctx))
     elif cfg.release.dir:
         notes.append(f"release from the eval config: `{cfg.release.dir}` (the build stage did not run)")
     else:
@@ -43,6 +43,27 @@ def stage_config(ctx: RunContext) -> tuple[EvalConfig, list[str]]:
     if scfg.max_tokens is not None:
         cfg.sampling.max_tokens = scfg.max_tokens
     return cfg, notes
+
+
+def _pick_split(cfg: EvalConfig, ctx: RunContext) -> str:
+    """Evaluate on what the release has: the configured config/split, else a held-out fallback, said aloud."""
+    from eval.data import choose_release_split
+    want = (cfg.release.config, cfg.release.split)
+    if not (Path(cfg.release.dir) / "README.md").is_file():  # not a release: loading it will say so
+        return f"release: `{cfg.release.dir}` ({want[0]}/{want[1]})"
+    got = choose_release_split(cfg.release.dir, *want)
+    if got == want:
+        return f"release: `{cfg.release.dir}` ({want[0]}/{want[1]})"
+    if got is None:
+        cfg.release.dir = ""
+        line = (f"release `{ctx.sections['build']['release_dir']}` has no held-out rows (no test or validation "
+                f"split in any config): evaluated on the external sets only")
+    else:
+        cfg.release.config, cfg.release.split = got
+        line = (f"release `{cfg.release.dir}`: {want[0]}/{want[1]} has no rows; evaluated on {got[0]}/{got[1]} "
+                f"instead (held-out families, never trained on)")
+    ctx.skipped.append(f"eval: {line}")
+    return line
 
 
 @stage("eval", needs_llm=False)

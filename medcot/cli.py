@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from importlib.metadata import entry_points
@@ -12,8 +13,9 @@ import click
 
 from medcot.config import Config, ConfigError, load_config
 
-EXIT_BAD_INPUT = 2
-EXIT_LLM_DOWN = 3
+EXIT_INTERNAL = 1   # an unexpected error: one line on stderr, the traceback saved to a file it names
+EXIT_BAD_INPUT = 2  # bad input or config: the message names the file, line or key; nothing was changed
+EXIT_LLM_DOWN = 3   # the LLM server is down or unreachable: rerun the same command to resume
 
 config_option = click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
                              help="YAML config (defaults < YAML < --set).")
@@ -57,24 +59,48 @@ def _guarded_match(exc: Exception) -> tuple[str, int] | None:
     return None
 
 
-def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a command body, turning known faults into clear messages and exit codes."""
+ErrorRule = tuple[type[BaseException] | tuple[type[BaseException], ...], str, int]  # (types, headline, exit code)
+
+
+def run_guarded(fn: Any, *args: Any, _errors: tuple[ErrorRule, ...] = (), **kwargs: Any) -> Any:
+    """Run a command body, turning known faults into clear messages and exit codes: the caller's `_errors`
+    first, then the core's and the registered ones; anything else is one line and exit 1, never a traceback."""
     from medcot.llm import LLMError
     from medcot.seeds import SeedError
     try:
         return fn(*args, **kwargs)
-    except SeedError as exc:
-        fail(f"seed file rejected, nothing was written:\n{exc}")
-    except ConfigError as exc:
-        fail(str(exc))
-    except LLMError as exc:
-        fail(f"{exc}\nEverything finished before this is saved in the store; rerun the same command to resume.",
-             EXIT_LLM_DOWN)
     except Exception as exc:
+        for kinds, headline, code in _errors:
+            if isinstance(exc, kinds):
+                fail(f"{headline}: {exc}" if headline else str(exc), code)
+        if isinstance(exc, SeedError):
+            fail(f"seed file rejected, nothing was written:\n{exc}")
+        if isinstance(exc, ConfigError):
+            fail(str(exc))
+        if isinstance(exc, LLMError):
+            fail(f"{exc}\nEverything finished before this is saved in the store; rerun the same command to "
+                 "resume.", EXIT_LLM_DOWN)
         match = _guarded_match(exc)
-        if match is None:
-            raise
-        fail(f"{match[0]}: {exc}", match[1])
+        notes = " ".join(getattr(exc, "__notes__", []))
+        if match is not None:
+            fail(f"{match[0]}: {exc} {notes}".rstrip(), match[1])
+        fail(f"unexpected {type(exc).__name__} {notes}: {exc} (traceback: {_save_traceback()})", EXIT_INTERNAL)
+
+
+def _save_traceback() -> str:
+    import tempfile
+    import time
+    import traceback
+
+    from medcot.config import default_cache_dir
+    folder = Path(default_cache_dir()) / "logs"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir())
+    path = folder / f"traceback-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    path.write_text(traceback.format_exc(), encoding="utf-8")
+    return str(path)
 
 
 CLI_ENTRY_POINTS = "medcot.cli"  # each package names its `register(main)` in its pyproject entry points
@@ -104,7 +130,13 @@ class RootGroup(click.Group):
 @click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="medcot")
 def main() -> None:
-    """medcot: build a human-verified medical chain-of-thought dataset with an LLM and expert reviewers."""
+    """medcot: build a human-verified medical chain-of-thought dataset with an LLM and expert reviewers.
+
+    \b
+    Exit codes: 0 success; 1 unexpected error (one line; the traceback is saved to a file the message names);
+    2 bad input or config (the message names the file, line or key; nothing was changed);
+    3 LLM server down or unreachable (everything done so far is stored: rerun the same command to resume).
+    """
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally` blocks (stop servers) on SIGTERM
 
 

@@ -38,7 +38,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8011
     max_model_len: int = 2048
-    dtype: str = "bfloat16"
+    dtype: str = field(default="auto", metadata={"help": "auto = fastest on this CPU (float32 unless bf16 is "
+                                                         "native: AVX512_BF16/AMX), or a vLLM --dtype"})
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout_s: float = 600.0

@@ -288,15 +288,26 @@ def sampling_params(s: SamplingConfig) -> dict[str, object]:
     return params
 
 
-async def gather_all(coros: list) -> None:  # type: ignore[type-arg]
-    """Run coroutines concurrently (the client bounds concurrency). On the first LLMUnavailable,
-    cancel the rest and re-raise: everything finished so far is already in the store."""
+async def gather_all(coros: list, desc: str | None = None, progress: bool | None = None,  # type: ignore[type-arg]
+                     unit: str = "item") -> None:
+    """Run coroutines concurrently (the client bounds concurrency), with a progress bar named `desc` (none
+    when `desc` is None or `progress` is false). On the first LLMUnavailable, cancel the rest and re-raise:
+    everything finished so far is already in the store."""
+    import sys
+
+    from tqdm.auto import tqdm
+    if progress is None:  # callers without a --no-progress flag: a bar only on a terminal
+        progress = sys.stderr.isatty()
     tasks = [asyncio.ensure_future(c) for c in coros]
+    bar = tqdm(total=len(tasks), desc=desc, unit=unit, disable=desc is None or not progress or not tasks)
     try:
         for fut in asyncio.as_completed(tasks):
             await fut
+            bar.update(1)
     except BaseException:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+    finally:
+        bar.close()

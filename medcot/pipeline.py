@@ -26,6 +26,9 @@ class RunContext:
     client: LLMClient | None = None
     sections: dict[str, Any] = field(default_factory=dict)  # stage -> summary for the report
     timings: dict[str, float] = field(default_factory=dict)
+    server: dict[str, Any] = field(default_factory=dict)  # the managed server's settings and why
+    skipped: list[str] = field(default_factory=list)  # lines saying what was skipped and why
+    failed_stage: str | None = None
 
 
 StageFn = Callable[[RunContext], Awaitable[Any]]
@@ -65,6 +68,12 @@ class LazyServer:
         cfg.llm.endpoints = [self.server.base_url]
         cfg.llm.model = self.server.model_name
         self.started = False
+        choice = self.server.cpu_choice
+        self.settings = {"dtype": self.server.cfg.dtype, "model": self.server.model_name}
+        if choice is not None:
+            self.settings.update(reason=choice.reason, threads_bind=choice.threads_bind)
+            print(f"vLLM on CPU: --dtype {choice.dtype}, threads on cores {choice.threads_bind} ({choice.reason})",
+                  flush=True)
 
     async def start(self) -> None:
         print(f"starting vLLM ({self.server.model_name}) at {self.server.base_url} ...", flush=True)
@@ -86,7 +95,12 @@ async def _run_stages(ctx: RunContext, names: list[str], server: LazyServer | No
                     ctx.client.before_first_request = server.start
             start = time.perf_counter()
             print(f"== stage {name}", flush=True)
-            ctx.sections[name] = await fn(ctx)
+            try:
+                ctx.sections[name] = await fn(ctx)
+            except Exception as exc:
+                ctx.failed_stage = name
+                exc.add_note(f"(in stage `{name}`)")
+                raise
             ctx.timings[name] = round(time.perf_counter() - start, 2)
 
 
@@ -99,6 +113,8 @@ def run_pipeline(cfg: Config, progress: bool = True) -> dict[str, Any]:
     start = time.perf_counter()
     needs_llm = any(STAGES[n][1] for n in cfg.run.stages)
     server = LazyServer(cfg, out_dir / "logs") if needs_llm and cfg.server.managed else None
+    if server is not None:
+        ctx.server = server.settings
     try:
         asyncio.run(_run_stages(ctx, cfg.run.stages, server))
     finally:
@@ -115,6 +131,7 @@ def build_report(ctx: RunContext, seconds: float) -> dict[str, Any]:
     return {"config": ctx.cfg.source, "store": ctx.store.url, "seconds": round(seconds, 2),
             "stage_seconds": ctx.timings, "items": ctx.store.count_items(), "stages": ctx.store.stage_counts(),
             "llm": stats, "stored_calls": ctx.store.call_totals(), "sections": ctx.sections,
+            "server": ctx.server, "skipped": ctx.skipped, "failed_stage": ctx.failed_stage,
             "completed": list(ctx.sections)}
 
 

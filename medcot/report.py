@@ -15,7 +15,17 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines = ["# medcot run report", "",
              f"- config: `{r.get('config')}`", f"- store: `{r.get('store')}`",
              f"- wall time: {r.get('seconds')} s; stages completed: {', '.join(r.get('completed', [])) or 'none'}",
-             f"- items in store: {r.get('items')}", "", "## Items per stage", ""]
+             f"- items in store: {r.get('items')}"]
+    if r.get("failed_stage"):
+        lines.append(f"- **FAILED in stage `{r['failed_stage']}`**: see the error printed by the command")
+    server = r.get("server") or {}
+    if server:
+        lines.append(f"- vLLM server: `{server.get('model')}`, dtype {server.get('dtype')}"
+                     + (f", threads on cores {server['threads_bind']} ({server['reason']})" if server.get("reason") else ""))
+    lines += [""]
+    if r.get("skipped"):
+        lines += ["## Skipped (and why)", ""] + [f"- {line}" for line in r["skipped"]] + [""]
+    lines += ["## Items per stage", ""]
     lines += _table(sorted(r.get("stages", {}).items()), ("stage", "items"))
     lines += ["## LLM usage (this run)", ""]
     lines += _table([("HTTP requests made", llm.get("requests", 0)), ("cache hits (no request)", llm.get("cache_hits", 0)),

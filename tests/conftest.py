@@ -34,7 +34,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory):
     if not (model / "config.json").is_file() or not (model / ".medcot-complete").is_file():
         pytest.fail(f"the converted model {model} is missing: run `make test` (or `make model`)", pytrace=False)
     cfg = ServerConfig(model=str(model), served_model_name=MODEL_NAME, host="127.0.0.1", port=0,
-                       max_model_len=2048, dtype="bfloat16", extra_args=list(CPU_EXTRA_ARGS),
+                       max_model_len=2048, dtype="auto", extra_args=list(CPU_EXTRA_ARGS),
                        env=dict(CPU_ENV), startup_timeout_s=600.0)
     try:
         vllm_python(cfg)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from medcot.config import ServerConfig
+from medcot.cpu import CpuInfo, core_ranges, read_cpu
 from medcot.server import (
     CPU_ENV,
     CPU_EXTRA_ARGS,
@@ -23,6 +24,7 @@ from medcot.server import (
     build_command,
     build_env,
     healthy,
+    resolve_cpu_settings,
     vllm_python,
 )
 
@@ -73,7 +75,7 @@ HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 # ---------------------------------------------------------------- command and environment
 
 def test_build_command(fake_python: str) -> None:
-    cfg = ServerConfig(python=fake_python, model="/models/smollm2-135m-instruct/", port=8123,
+    cfg = ServerConfig(python=fake_python, model="/models/smollm2-135m-instruct/", port=8123, dtype="bfloat16",
                        extra_args=list(CPU_EXTRA_ARGS))
     assert build_command(cfg) == [
         fake_python, "-m", "vllm.entrypoints.openai.api_server",
@@ -113,7 +115,7 @@ def test_build_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert env["HF_HOME"] == str(cache / "hf")          # ours beats os.environ
     assert env["TMPDIR"] == "/cfg/tmp"                  # cfg.env beats ours
     assert env["HF_HUB_OFFLINE"] == "1"
-    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
     assert env["MEDCOT_TEST_PASSTHROUGH"] == "yes"
 
 
@@ -285,3 +287,36 @@ def test_postgres_select_one(pg_url: str) -> None:
             assert "PostgreSQL" in conn.execute(sa.text("select version()")).scalar()
     finally:
         engine.dispose()
+
+
+# ---------------------------------------------------------------- dtype and threads chosen by CPU
+
+AVX2_ONLY = CpuInfo(model="AMD EPYC", flags=frozenset({"avx", "avx2", "fma"}), cores=(0, 1))
+AVX512_BF16 = CpuInfo(model="Xeon", flags=frozenset({"avx2", "avx512f", "avx512_bf16"}), cores=(0, 1, 2, 3))
+
+
+def test_auto_dtype_follows_native_bf16() -> None:
+    cfg = ServerConfig(model="/m/x", dtype="auto", env=dict(CPU_ENV))
+    resolved, choice = resolve_cpu_settings(cfg, AVX2_ONLY)
+    assert resolved.dtype == "float32" and choice is not None and "no native bf16" in choice.reason
+    assert resolved.env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    resolved, choice = resolve_cpu_settings(cfg, AVX512_BF16)
+    assert resolved.dtype == "bfloat16" and "avx512_bf16" in choice.reason
+    assert resolved.env["VLLM_CPU_OMP_THREADS_BIND"] == "0-3"
+
+
+def test_explicit_dtype_wins_and_says_what_auto_would_pick() -> None:
+    cfg = ServerConfig(model="/m/x", dtype="bfloat16", env=dict(CPU_ENV))
+    resolved, choice = resolve_cpu_settings(cfg, AVX2_ONLY)
+    assert resolved.dtype == "bfloat16" and "set in the config" in choice.reason and "float32" in choice.reason
+    untouched, none = resolve_cpu_settings(ServerConfig(model="/m/x", dtype="float16"), AVX2_ONLY)
+    assert untouched.dtype == "float16" and none is None
+
+
+def test_read_cpu_parses_proc_cpuinfo(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2 fma\n\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2 fma\n")
+    cpu = read_cpu(info)
+    assert cpu.model == "AMD EPYC 7B13" and "avx2" in cpu.flags and not cpu.native_bf16
+    assert core_ranges((0, 1, 2, 5, 7, 8)) == "0-2,5,7-8" and core_ranges((3,)) == "3"

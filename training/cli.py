@@ -19,12 +19,9 @@ def _summary(result: Any) -> str:
 
 def _guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """curation's guard (config/LLM errors -> exit codes) plus release rows that cannot be formatted."""
-    from medcot.cli import fail, run_guarded
+    from medcot.cli import run_guarded
     from training.format import FormatError
-    try:
-        return run_guarded(fn, *args, **kwargs)
-    except FormatError as exc:
-        fail(f"release row rejected: {exc}")
+    return run_guarded(fn, *args, _errors=((FormatError, "release row rejected", 2),), **kwargs)
 
 
 def register(main: click.Group) -> None:

@@ -80,12 +80,32 @@ class ArmData:
         return [{"prompt": ex.prompt, "completion": ex.completion} for ex in self.examples]
 
 
+class NoTrainingData(ConfigError):
+    """The release has nothing to train an arm on (no such split, or no usable rows): a run skips training
+    with this reason instead of failing."""
+
+
+def declared_splits(folder: Path, arm: str) -> list[str] | None:
+    """The splits the release card declares for a config (None when the card has no `configs:` list)."""
+    import yaml
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    if not text.startswith("---"):
+        return None
+    configs = (yaml.safe_load(text.split("---", 2)[1]) or {}).get("configs")
+    if not isinstance(configs, list):
+        return None
+    return next(([f["split"] for f in c.get("data_files", [])] for c in configs if c.get("config_name") == arm), [])
+
+
 def load_split(release_dir: str | Path, arm: str, split: str) -> Any:
     """``datasets.load_dataset(release_dir, arm, split=split)`` with clear errors."""
     import datasets
     folder = Path(release_dir)
     if not str(release_dir) or not (folder / "README.md").is_file():
         raise ConfigError(f"data.release_dir {str(release_dir)!r} is not a release folder (no README.md)")
+    splits = declared_splits(folder, arm)
+    if splits is not None and split not in splits:
+        raise NoTrainingData(f"{folder}: config {arm!r} has no {split!r} rows (its splits: {splits or 'none'})")
     try:  # a throw-away cache: the shared one keys a local folder by name, so a rebuilt release would be stale
         with tempfile.TemporaryDirectory(prefix="medcot-train-ds-") as cache:
             return datasets.load_dataset(str(folder), arm, split=split, cache_dir=cache, keep_in_memory=True)
@@ -171,7 +191,7 @@ def equal_selections(pools: Mapping[str, ArmPool], cap: int | None, seed: int) -
     n = common_size({arm: family_sizes(p.usable_families()) for arm, p in pools.items()}, cap)
     if n < 1:
         usable = {a: sum(family_sizes(p.usable_families()).values()) for a, p in pools.items()}
-        raise ConfigError(f"no training examples: usable rows per arm {usable} (cap {cap})")
+        raise NoTrainingData(f"no training examples: usable rows per arm {usable} (cap {cap})")
     return {arm: take(pool, select(pool, n, seed)) for arm, pool in pools.items()}
 
 

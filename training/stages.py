@@ -33,7 +33,17 @@ def train_config(ctx: RunContext) -> Any:
 
 @stage("train")
 async def _train(ctx: RunContext) -> dict[str, Any]:
+    from training.data import NoTrainingData
     cfg = train_config(ctx)
+    try:
+        return await _train_runs(ctx, cfg)
+    except NoTrainingData as exc:
+        line = f"train: nothing to train on, no run made ({exc})"
+        ctx.skipped.append(line)
+        return {"skipped": str(exc), "markdown": line}
+
+
+async def _train_runs(ctx: RunContext, cfg: Any) -> dict[str, Any]:
     if ctx.cfg.train.matrix:
         from training.matrix import run_matrix
         manifest = await asyncio.to_thread(run_matrix, cfg)

@@ -69,7 +69,8 @@ async def _automated_reviews(ctx: RunContext, judges: list[User]) -> Counter[str
         submit_review(ctx.store, item.id, user, res.form, ctx.cfg.review, actor_note="llm-judge")
         counts["judged"] += 1
 
-    await gather_all([one(*p) for p in _pending_reviews(ctx.store, judges)])
+    await gather_all([one(*p) for p in _pending_reviews(ctx.store, judges)], desc="automated review",
+                     progress=ctx.progress, unit="review")
     return counts
 
 
@@ -168,7 +169,7 @@ async def _automated_panel(ctx: RunContext, judges: list[User]) -> Counter[str]:
                 st = panel_state(conn, it.id, cfg)
                 work += [(it.id, u) for u in judges if u.id in st.pending and st.status == "waiting"]
         before = counts["scored"]
-        await gather_all([one(i, u) for i, u in work])
+        await gather_all([one(i, u) for i, u in work], desc="automated panel", progress=ctx.progress, unit="score")
         regens = await _regenerate_pending(ctx)
         counts["regenerated"] += regens
         if counts["scored"] == before and not regens:
@@ -189,7 +190,7 @@ async def _regenerate_pending(ctx: RunContext) -> int:
         if await regenerate(ctx.store, ctx.client, ctx.cfg.generate, ctx.cfg.llm.model, item_id, ctx.cfg.review):
             done[0] += 1
 
-    await gather_all([one(i) for i in ids])
+    await gather_all([one(i) for i in ids], desc="guided regeneration", progress=ctx.progress)
     return done[0]
 
 
