@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -30,7 +30,7 @@ from medcot.prompts import format_options, load_prompt
 from medcot.records import LETTERS, Attempt, ChatRequest, Event, Item
 from medcot.store import Store
 
-PASSED, ESCALATED = "strikes_passed", "escalated"
+PASSED, ESCALATED, RESTRIKE = "strikes_passed", "escalated", "restrike"
 
 
 @dataclass
@@ -109,14 +109,19 @@ async def run_strikes(store: Store, client: LLMClient, cfg: StrikesConfig, model
     history: dict[str, list[Attempt]] = defaultdict(list)
     for a in store.attempts(cfg.round):
         history[a.item_id].append(a)
-    items = [it for it in store.items() if it.stage in cfg.eligible_stages][:cfg.limit]
+    items = [it for it in store.items() if it.stage in cfg.eligible_stages and it.stage != RESTRIKE][:cfg.limit]
+    rounds = restrike_rounds(store, cfg)
+    for item_id, rnd in rounds.items():  # repaired items: a new round of their own, after every earlier one
+        history[item_id] = [a for a in store.attempts(rnd) if a.item_id == item_id]
+    items += [it for it in store.items(stage=RESTRIKE) if it.id in rounds]
+    item_cfg = {it.id: replace(cfg, round=rounds[it.id]) if it.id in rounds else cfg for it in items}
     summary = StrikesSummary(eligible=len(items), resumed=sum(1 for it in items if history.get(it.id)))
     pending = [it for it in items if not _resolved(history[it.id], cfg)]
     bar = tqdm(total=len(pending), desc="five-strike", unit="item", disable=not progress)
 
     async def one(item: Item) -> None:
         past = history[item.id]
-        att = await attempt_one(client, item, len(past) + 1, cfg, model)
+        att = await attempt_one(client, item, len(past) + 1, item_cfg[item.id], model)
         new_stage, event = resolution(att, past, cfg)
         if not store.save_attempt(att, new_stage, event):
             summary.already_stored += 1
@@ -136,6 +141,16 @@ async def run_strikes(store: Store, client: LLMClient, cfg: StrikesConfig, model
     finally:
         bar.close()
     return summary
+
+
+def restrike_rounds(store: Store, cfg: StrikesConfig) -> dict[str, int]:
+    """Item id -> the five-strike round of each item at stage restrike: one past every round it has had (the
+    restrike event that sent it back counts the rounds), stable across reruns so that work resumes."""
+    out: dict[str, int] = {}
+    for item in store.items(stage=RESTRIKE):
+        sent_back = len(store.events(item_id=item.id, kind="restrike"))
+        out[item.id] = cfg.round + sent_back
+    return out
 
 
 def _resolved(past: list[Attempt], cfg: StrikesConfig) -> bool:

@@ -237,6 +237,26 @@ class ConsensusConfig:
 
 
 @dataclass
+class RubricPolicyConfig:
+    """Which rubric scores are compatible with approving an item (an incoherent vote is refused)."""
+
+    min_score: int = field(default=1, metadata={"help": "every dimension must score at least this to approve"})
+    required: dict[str, int] = field(default_factory=lambda: {"medical_correctness": 2}, metadata={
+        "help": "dimension -> the score it must reach to approve"})
+
+    def __post_init__(self) -> None:
+        from medcot.review_tables import RUBRIC_DIMENSIONS
+        if self.min_score not in (0, 1, 2):
+            raise ConfigError("review.rubric_policy.min_score must be 0, 1 or 2")
+        for dim, score in self.required.items():
+            if dim not in RUBRIC_DIMENSIONS:
+                raise ConfigError(f"review.rubric_policy.required: unknown dimension {dim!r} "
+                                  f"(one of {', '.join(RUBRIC_DIMENSIONS)})")
+            if score not in (0, 1, 2):
+                raise ConfigError(f"review.rubric_policy.required.{dim} must be 0, 1 or 2")
+
+
+@dataclass
 class ReviewConfig:
     """Expert review (paper 2.3): assignment, the web app, panel, consensus, the automated stand-in."""
 
@@ -254,8 +274,14 @@ class ReviewConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     panel: PanelConfig = field(default_factory=PanelConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    rubric: str = field(default="all", metadata={
+        "help": "all: initial reviewers score the five rubric dimensions, difficulty and cognitive level too; "
+                "panel: only the panel scores the rubric (the paper's lighter first pass)"})
+    rubric_policy: RubricPolicyConfig = field(default_factory=RubricPolicyConfig)
 
     def __post_init__(self) -> None:
+        if self.rubric not in ("all", "panel"):
+            raise ConfigError(f"review.rubric must be all or panel, not {self.rubric!r}")
         if self.reviewers_per_item < 2:
             raise ConfigError("review.reviewers_per_item must be >= 2 (blind review by at least two experts)")
         if self.automated not in ("none", "llm"):

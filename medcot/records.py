@@ -140,6 +140,7 @@ ITEM_STAGES = (
     "escalated",       # failed five strikes: goes to the panel [2.3.3]
     "panel_done",      # panel scored / accepted / revised / regenerated [2.3.4]
     "adjudication",    # reviewers disagree: awaits an admin or a third expert [2.3.5]
+    "restrike",        # question, options or key repaired: five-strike again, then the panel [2.3.3-2.3.4]
     "approved",        # consensus reached [2.3.5]
     "removed",         # discarded, or no consensus [2.3.5]
 )

@@ -18,8 +18,19 @@ ROLES = ("reviewer", "panelist", "admin")
 ACTOR_KINDS = ("human", "llm", "demo")
 PHASES = ("review", "panel", "adjudication")
 BINARY_DIMENSIONS = ("relevance", "correctness", "sufficiency")
+DIFFICULTIES = ("easy", "moderate", "hard")
+COGNITIVE_LEVELS = ("recall", "interpretation", "problem-solving")
 RUBRIC_DIMENSIONS = ("medical_correctness", "reasoning_structure", "information_sufficiency",
                      "terminology_clarity", "clinical_utility")
+
+
+class StoreSecretRow(Base):
+    """Per-store secrets created with the store (never printed): e.g. the key of the published rater pseudonyms."""
+
+    __tablename__ = "store_secrets"
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class UserRow(Base):
@@ -56,22 +67,36 @@ class ReviewRow(Base):
     correctness: Mapped[int] = mapped_column(Integer)  # 1/0
     sufficiency: Mapped[int] = mapped_column(Integer)  # 1/0
     answer: Mapped[str | None] = mapped_column(String(1))  # the letter the reviewer holds correct
-    approve: Mapped[bool] = mapped_column(Boolean)  # approves the (possibly edited) wording
+    approve: Mapped[bool] = mapped_column(Boolean)  # approves the text it was cast on (revision_hash)
     comment: Mapped[str] = mapped_column(Text, default="")
+    # the revision judged (medcot.revision.content_hash of question, options, key, CoT as shown); None only in
+    # stores written before revisions were recorded: such a vote never counts as an approval
+    revision_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    # True when nothing of another reviewer (verdict, answer, comment, edit) was visible before the vote
+    blind: Mapped[bool] = mapped_column(Boolean, default=True)
+    # private edit proposal {field: new value} (initial review); never applied by the review itself
+    proposal: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    difficulty: Mapped[str | None] = mapped_column(String(20))  # DIFFICULTIES
+    cognitive_level: Mapped[str | None] = mapped_column(String(20))  # COGNITIVE_LEVELS
+    standard_version: Mapped[str | None] = mapped_column(String(40))  # annotation standard of the labels
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class RubricScoreRow(Base):
-    """Panel (paper 2.3.4): five dimensions scored 0-2 by each panelist, per scoring round."""
+    """The five rubric dimensions (paper 3.2) scored 0-2 per rater and scoring round: by the initial reviewers
+    (phase "review", round = the CoT revision they judged) and by the panel (phase "panel")."""
 
     __tablename__ = "rubric_scores"
-    __table_args__ = (UniqueConstraint("item_id", "user_id", "round", "dimension", name="uq_rubric"),)
+    __table_args__ = (UniqueConstraint("item_id", "user_id", "phase", "round", "dimension", name="uq_rubric"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     round: Mapped[int] = mapped_column(Integer, default=0)  # bumps after a revision/regeneration
     dimension: Mapped[str] = mapped_column(String(40))  # RUBRIC_DIMENSIONS
     score: Mapped[int] = mapped_column(Integer)  # 0..2
+    phase: Mapped[str] = mapped_column(String(20), default="panel")  # review | panel
+    revision_hash: Mapped[str | None] = mapped_column(String(64))  # the revision scored (content_hash)
+    standard_version: Mapped[str | None] = mapped_column(String(40))  # annotation standard of the anchors
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

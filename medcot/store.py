@@ -1,6 +1,7 @@
 """The store: the system of record (SQLite with WAL by default, PostgreSQL by URL)."""
 from __future__ import annotations
 
+import secrets
 import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -12,9 +13,9 @@ from sqlalchemy import bindparam, create_engine, event, func, insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from medcot import review_tables  # noqa: F401  (registers the review tables on Base)
 from medcot.db import AttemptRow, Base, CallRow, CandidateRow, EventRow, GenerationRow, ItemRow
 from medcot.records import Attempt, CallRecord, Candidate, Event, Generation, Item
+from medcot.review_tables import StoreSecretRow  # (importing it registers the review tables on Base)
 
 # The LLM-call hot path (a cache lookup before and one insert after every request) uses Core statements built
 # once: building ORM statements per call (`insert(...).values(**row)`) cost more than the SQL itself.
@@ -50,6 +51,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+RATER_KEY = "rater_pseudonym_key"  # HMAC key of the published reviewer pseudonyms
+
+
 class Store:
     def __init__(self, url: str, create: bool = True):
         self.url = store_url(url)
@@ -58,6 +62,16 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         if create:
             Base.metadata.create_all(self.engine)
+            self.secret(RATER_KEY)
+
+    def secret(self, name: str) -> str:
+        """A random per-store secret, created on first use and stable afterwards (never printed or logged)."""
+        with self.transaction() as conn:
+            value = conn.scalar(select(StoreSecretRow.value).where(StoreSecretRow.name == name))
+            if value is None:
+                value = secrets.token_hex(32)
+                conn.execute(insert(StoreSecretRow).values(name=name, value=value))
+        return value
 
     def close(self) -> None:
         self.engine.dispose()

@@ -6,12 +6,12 @@ import random
 from itertools import combinations
 
 import pytest
+from review_helpers import ALL2, panel_vote, vote
 
 from curation.review import assign as assigning
 from curation.review import sample
 from curation.review.agreement import cohen_kappa, fleiss_from_ratings, fleiss_kappa, krippendorff_alpha
 from curation.review.panel import submit_panel
-from curation.review.records import PanelInput, ReviewInput
 from curation.review.stats import collect, render_text
 from curation.review.submit import submit_review
 from medcot.config import ReviewConfig
@@ -105,8 +105,9 @@ def test_stats_from_the_store(sqlite_url):
     a = [1, 1, 0, 1, 0, 1]  # rev1's correctness; rev2 agrees on 4 of 6
     b = [1, 1, 0, 0, 1, 1]
     for i, item in enumerate(ids):
-        submit_review(store, item, rev1, ReviewInput(1, a[i], 1, "C", bool(a[i])), cfg)
-        submit_review(store, item, rev2, ReviewInput(1, b[i], 1, "C", bool(b[i])), cfg)
+        for user, judged in ((rev1, a[i]), (rev2, b[i])):
+            mc = {**ALL2, "medical_correctness": 2 * judged}
+            submit_review(store, item, user, vote(store, item, 1, judged, 1, "C", bool(judged), scores=mc), cfg)
     scores = {"pan1": [2, 1, 0], "pan2": [2, 1, 1]}  # medical_correctness on three escalated items
     for k, item in enumerate(ids[:3]):
         sample.fail_five_strikes(store, item)
@@ -115,7 +116,8 @@ def test_stats_from_the_store(sqlite_url):
         for u in (pan1, pan2):
             sc = {d: 2 for d in ("reasoning_structure", "information_sufficiency", "terminology_clarity",
                                  "clinical_utility")} | {"medical_correctness": scores[u.name][k]}
-            submit_panel(store, item, u, PanelInput(0, sc, "accept", "C"), cfg)
+            action = "accept" if sc["medical_correctness"] == 2 else "discard"  # an accept must satisfy the policy
+            submit_panel(store, item, u, panel_vote(store, item, action, sc), cfg)
     with store.engine.connect() as conn:
         s = collect(conn)
     [pair] = s["cohen_pairs"]
@@ -125,6 +127,13 @@ def test_stats_from_the_store(sqlite_url):
     assert s["fleiss"]["raters_per_item"] == 2 and s["fleiss"]["correctness"] == pytest.approx(
         fleiss_from_ratings(list(zip(a, b))))
     alpha = s["krippendorff_rubric"]["medical_correctness"]
-    assert alpha["units"] == 3 and alpha["alpha"] == pytest.approx(_alpha_pairwise([[2, 2], [1, 1], [0, 1]], "ordinal"))
+    # every rated item counts (initial reviewers' scores too); the three panel items have four raters each
+    expected = [[2 * a[i], 2 * b[i]] + ([scores["pan1"][i], scores["pan2"][i]] if i < 3 else []) for i in range(6)]
+    assert alpha["units"] == 6 and alpha["alpha"] == pytest.approx(_alpha_pairwise(expected, "ordinal"))
     assert s["progress"]["reviewers"]["rev1"]["review"] == {"assigned": 6, "done": 6}
+    corr = s["agreement"]["review"]["correctness"]  # raw agreement beside kappa, each with its interval
+    assert corr["percent_agreement"]["estimate"] == pytest.approx(4 / 6)
+    assert corr["fleiss_kappa"]["low"] <= corr["fleiss_kappa"]["estimate"] <= corr["fleiss_kappa"]["high"]
+    assert s["agreement"]["rubric"]["medical_correctness"]["n_items_used"] == 6
+    assert "percent agreement beside kappa" in render_text(s)
     assert "Cohen's kappa per reviewer pair" in render_text(s)

@@ -1,14 +1,17 @@
 """The review app in a real browser (Playwright driving Debian's Chromium; never `playwright install`).
 
 One uvicorn server (in a thread, on a free port) and one scripted OpenAI server (for the guided regeneration)
-for the module. Scenario: two reviewers review the same items blind, one edits a CoT; a panelist scores an
-escalated item and asks for a regeneration, the panel re-scores the new CoT; the admin runs consensus and
-adjudicates a disagreement; the agreement dashboard and the audit log show it. Screenshots go to
-test-artifacts/review/.
+for the module. Scenarios (issue 12): reviewer A edits CoT and key and approves, reviewer B's page shows the
+base text, the key unmoved and an empty answer, and B's approval does not validate A's text; a Label Studio
+import of a task made stale in the browser is refused; the builder refuses a forged decision row; an
+untouched form submit records no revision. Then the whole flow: a panelist asks for a regeneration, the panel
+re-scores, the admin reconciles a proposal and a disagreement, the panel confirms them blind, the agreement
+dashboard and the audit log show it. Screenshots go to test-artifacts/review/.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import threading
@@ -17,13 +20,16 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from curation.review import assign as assigning
 from curation.review import sample
 from curation.review.app import create_app
+from curation.review.consensus import run_consensus
+from curation.review.items import get_item
+from curation.review.labelstudio import export_tasks, import_export
 from medcot.config import load_config
-from medcot.review_tables import DecisionRow
+from medcot.review_tables import RUBRIC_DIMENSIONS, DecisionRow, ReviewRow, RevisionRow, UserRow
 from medcot.scripted_server import ScriptedServer
 from medcot.store import Store
 
@@ -79,6 +85,9 @@ class AppThread:
         self.sock.close()
 
 
+MULTILINE = {"A": "Adrenaline", "B": "Vasopressin\n(IV)", "C": "Atropine", "D": "Amiodarone"}
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     chromium = shutil.which("chromium")
@@ -90,7 +99,8 @@ def site(tmp_path_factory):
                                  "llm.model=scripted", "llm.max_retries=0"])
         store = Store(cfg.store.url)
         ids = sample.add_items(store, 4, cot_extra=XSS)
-        sample.add_users(store, PW, reviewers=2, panelists=2, admins=1)
+        ids += sample.add_items(store, 1, prefix="m", options=MULTILINE)
+        sample.add_users(store, PW, reviewers=2, panelists=3, admins=1)
         with store.transaction() as conn:
             assigning.assign(conn, ids, "review", 2, assigning.pool(conn, cfg.review, "review"))
         with AppThread(create_app(cfg, secret_key="b" * 40, store=store)) as app:
@@ -98,7 +108,8 @@ def site(tmp_path_factory):
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
                 try:
-                    yield {"url": app.url, "browser": browser, "store": store, "ids": ids, "llm": llm, "cfg": cfg}
+                    yield {"url": app.url, "browser": browser, "store": store, "ids": ids, "llm": llm, "cfg": cfg,
+                           "tmp": tmp}
                 finally:
                     browser.close()
 
@@ -120,26 +131,38 @@ def login(site, name: str):
     return page
 
 
+def rubric(page, level: int = 2) -> None:
+    for dim in RUBRIC_DIMENSIONS:
+        page.check(f"#score_{dim}-{level}")
+    page.check("#difficulty-moderate")
+    page.check("#cognitive_level-interpretation")
+
+
 def review(page, site, item: str, answer: str = "C", approve: bool = True, comment: str = "",
-           cot: str | None = None) -> None:
+           cot: str | None = None, key: str | None = None, open_edits: bool = False) -> None:
     page.goto(f"{site['url']}/items/{item}/review")
     for dim in ("relevance", "correctness", "sufficiency"):
         page.check(f"#{dim}-1")
     page.select_option("#answer", answer)
+    rubric(page)
     page.check("#approve-1" if approve else "#approve-0")
     page.fill("#comment", comment)
-    if cot is not None:
+    if cot is not None or key is not None or open_edits:
         page.click("#edits summary")
+    if cot is not None:
+        page.check("#change_cot")
         page.fill("#edit_cot", cot)
+    if key is not None:
+        page.check("#change_answer")
+        page.select_option("#edit_answer", key)
     page.click("#submit-review")
     page.wait_for_selector("#my-review")
 
 
-def score(page, site, item: str, action: str, feedback: str = "") -> None:
+def score(page, site, item: str, action: str, feedback: str = "", answer: str = "C") -> None:
     page.goto(f"{site['url']}/items/{item}/panel")
-    for dim in ("medical_correctness", "reasoning_structure", "information_sufficiency", "terminology_clarity",
-                "clinical_utility"):
-        page.check(f"#score_{dim}-{1 if action == 'regenerate' else 2}")
+    rubric(page, 1 if action == "regenerate" else 2)
+    page.select_option("#answer", answer)
     page.check(f"#action-{action}")
     page.fill("#feedback", feedback)
     page.click("#submit-panel")
@@ -150,92 +173,186 @@ def stage(site, item: str) -> str:
     return site["store"].items(ids=[item])[0].stage
 
 
-def test_review_panel_consensus_and_adjudication_in_the_browser(site):
-    q0, q1, q2, q3 = site["ids"]
+def rows(site, table, item: str):
+    with site["store"].engine.connect() as conn:
+        return conn.execute(select(table).where(table.item_id == item)).mappings().all()
+
+
+def test_a_edits_cot_and_key_b_sees_the_base_text_and_b_cannot_validate_a_text(site):
+    q0, q1 = site["ids"][0], site["ids"][1]
     rev1 = login(site, "rev1")
-    assert rev1.locator("#queue-review .item-link").count() == 4
-    shot(rev1, "01-rev1-queue")
-    rev1.goto(f"{site['url']}/items/{q0}/review")
+    assert rev1.locator("#queue-review .item-link").count() == 5
+    rev1.goto(f"{site['url']}/items/{q1}/review")
     cot = rev1.locator("#cot")
-    assert "<script>window.__pwned=1</script>" in cot.inner_text()  # shown as text ...
+    assert "<script>window.__pwned=1</script>" in cot.inner_text()  # model output shown as text ...
     assert cot.locator("script, img").count() == 0  # ... never as markup
     assert rev1.evaluate("window.__pwned") is None
-    shot(rev1, "02-rev1-review-form-xss-inert")
-    review(rev1, site, q0, comment="rev1 private note on q0")
-    review(rev1, site, q1, cot="Atropine was removed from the 2010 algorithm; the others stay.\nAnswer: C")
-    review(rev1, site, q2, comment="the key is right")
-    review(rev1, site, q3)
-    shot(rev1, "03-rev1-submitted")
-
+    assert rev1.locator("#answer").input_value() == ""  # no anchoring: the answer starts empty
+    shot(rev1, "01-rev1-review-form")
+    review(rev1, site, q1, cot="Vasopressin was dropped in 2015; atropine earlier.\nAnswer: B", key="B",
+           answer="B", comment="rev1 private note: the key should be B")
     rev2 = login(site, "rev2")
-    rev2.goto(f"{site['url']}/items/{q0}/review")
-    assert "rev1 private note" not in rev2.content()  # blind: nothing of rev1's review
-    api = rev2.context.request.get(f"{site['url']}/api/items/{q0}").json()  # the API with rev2's session
-    assert api["my_reviews"] == [] and "rev1" not in str(api)
     rev2.goto(f"{site['url']}/items/{q1}/review")
-    assert "Atropine was removed from the 2010 algorithm" in rev2.locator("#cot").inner_text()
-    review(rev2, site, q0)
+    html = rev2.content()
+    assert "Vasopressin was dropped" not in html and "rev1 private note" not in html  # base text, nothing of A
+    assert "Atropine: removed from the algorithm" in rev2.locator("#cot").inner_text()
+    assert rev2.locator("#key b").inner_text() == "C"  # the key unmoved
+    assert rev2.locator("#options li:has(#key-marker)").inner_text().startswith("C.")
+    assert rev2.locator("#answer").input_value() == ""  # and not preselected to A's letter
+    assert "revision" not in rev2.locator("#item").inner_text().lower()  # nor how often it changed
+    api = rev2.context.request.get(f"{site['url']}/api/items/{q1}").json()
+    assert api["my_reviews"] == [] and "rev1" not in str(api) and "round" not in api and api["key"] == "C"
+    shot(rev2, "02-rev2-sees-the-base-revision")
     review(rev2, site, q1)
-    review(rev2, site, q2, answer="A", comment="I think the key is wrong")  # disagreement
-    review(rev2, site, q3)
-    assert {stage(site, i) for i in site["ids"]} == {"reviewed"}
-
+    review(rev1, site, q0)
+    review(rev2, site, q0)
+    assert {stage(site, q0), stage(site, q1)} == {"reviewed"}
     store, cfg = site["store"], site["cfg"]
-    for i in (q0, q1, q2):  # the five-strike stage's results (another stage, simulated here)
-        sample.set_stage(store, i, "strikes_passed")
-    sample.fail_five_strikes(store, q3)
-    with store.transaction() as conn:  # what the `panel` stage of `medcot run` does first
-        assigning.assign(conn, [q3], "panel", 2, assigning.pool(conn, cfg.review, "panel"))
+    sample.set_stage(store, q0, "strikes_passed")
+    sample.set_stage(store, q1, "strikes_passed")
+    run_consensus(store, cfg.review)
+    assert stage(site, q0) == "approved" and stage(site, q1) == "adjudication"  # B's approval validates nothing
+    with store.engine.connect() as conn:
+        q1_item = get_item(conn, q1)
+        approved = conn.scalar(select(func.count()).select_from(DecisionRow).where(
+            DecisionRow.item_id == q1, DecisionRow.kind == "approved"))
+    assert q1_item.answer == "C" and approved == 0 and not rows(site, RevisionRow, q1)
 
-    pan1 = login(site, "pan1")
-    pan1.goto(f"{site['url']}/items/{q3}/panel")
-    assert pan1.locator("#attempts tr").count() == 6  # header + five failed attempts
-    assert "rev2" in pan1.locator("#earlier-reviews").inner_text()
-    shot(pan1, "04-pan1-panel-history")
-    score(pan1, site, q3, "regenerate", feedback="Explain why vasopressin is still used.")
-    assert pan1.locator("#waiting").count() == 1
-    pan2 = login(site, "pan2")
-    pan2.goto(f"{site['url']}/items/{q3}/panel")
-    assert "Explain why vasopressin" not in pan2.content()  # blind within the panel
-    score(pan2, site, q3, "accept")
+
+def test_an_untouched_form_submit_records_no_revision(site):
+    m = site["ids"][4]
+    rev1, rev2 = login(site, "rev1"), login(site, "rev2")
+    for page in (rev1, rev2):
+        review(page, site, m, open_edits=True)  # the edit boxes were opened, nothing was ticked or typed
+    assert not rows(site, RevisionRow, m)
+    assert [r["proposal"] for r in rows(site, ReviewRow, m)] == [None, None]
+    assert site["store"].items(ids=[m])[0].options["B"] == "Vasopressin\n(IV)"  # a multi-line option intact
+    assert stage(site, m) == "reviewed"
+
+
+def test_a_label_studio_task_made_stale_in_the_browser_is_refused(site):
+    q3 = site["ids"][3]
+    store, cfg, tmp = site["store"], site["cfg"], site["tmp"]
+    sample.fail_five_strikes(store, q3)
+    with store.transaction() as conn:
+        assigning.assign(conn, [q3], "panel", 2, assigning.pool(conn, cfg.review, "panel"))
+    export_tasks(store, tmp / "ls", "panel")
+    [task] = [t for t in json.loads((tmp / "ls" / "tasks_panel.json").read_text()) if t["data"]["item_id"] == q3]
+    editor, other = [u for u in ("pan1", "pan2", "pan3") if _assigned(site, q3, u)]
+    page = login(site, editor)  # meanwhile a panelist repairs the CoT in the browser: a new revision
+    page.goto(f"{site['url']}/items/{q3}/panel")
+    assert page.locator("#earlier-reviews").count() == 0  # the panel never sees the initial reviewers' votes
+    rubric(page, 1)
+    page.select_option("#answer", "C")
+    page.check("#action-revise")
+    page.click("#repair summary")
+    page.check("#change_cot")
+    page.fill("#revised_cot", "A repaired explanation.\nAnswer: C")
+    page.click("#submit-panel")
+    page.wait_for_selector("#message")
+    assert rows(site, RevisionRow, q3)
+    # the other panelist's Label Studio annotation of the exported (now stale) task is refused and listed
+    ann = {**task["data"], "annotator": other, "action": "accept", "answer": "C",
+           **{d: "2" for d in RUBRIC_DIMENSIONS}, "difficulty": "easy", "cognitive_level": "recall"}
+    (tmp / "stale.json").write_text(json.dumps([ann]))
+    before = len(rows(site, DecisionRow, q3))
+    report = import_export(store, tmp / "stale.json", cfg.review, {})
+    assert report["stored"] == 0 and [r["item_id"] for r in report["rejected"]] == [q3]
+    assert "changed" in report["rejected"][0]["reason"] and len(rows(site, DecisionRow, q3)) == before
+
+
+def _assigned(site, item: str, name: str) -> bool:
+    with site["store"].engine.connect() as conn:
+        uid = conn.scalar(select(UserRow.id).where(UserRow.name == name))
+        return uid in assigning.assigned(conn, item, "panel")
+
+
+def test_review_panel_reconciliation_and_adjudication_in_the_browser(site):
+    q0, q1, q2, q3, _ = site["ids"]
+    store = site["store"]
+    rev1, rev2 = login(site, "rev1"), login(site, "rev2")
+    review(rev1, site, q2, comment="the key is right")
+    review(rev2, site, q2, answer="A", comment="I think the key is wrong")  # disagreement
+    sample.set_stage(store, q2, "strikes_passed")
+
+    # q3 (repaired by a panelist in the previous test): the other panelists ask for a regeneration, then accept
+    scorers = [u for u in ("pan1", "pan2", "pan3") if _assigned(site, q3, u) and not _edited(site, q3, u)]
+    first, second = (login(site, u) for u in scorers[:2])
+    score(first, site, q3, "regenerate", feedback="Explain why vasopressin is still used.")
+    assert first.locator("#waiting").count() == 1
+    second.goto(f"{site['url']}/items/{q3}/panel")
+    assert "Explain why vasopressin" not in second.content()  # blind within the panel
+    score(second, site, q3, "accept")
     deadline = time.monotonic() + 15  # the guided regeneration runs in the app's background
-    while pan2.locator("#panel-form").count() == 0:
+    while second.locator("#panel-form").count() == 0:
         assert time.monotonic() < deadline, "the regeneration did not arrive"
         time.sleep(0.3)
-        pan2.reload()
-    assert "Revised following the experts' feedback." in pan2.locator("#cot").inner_text()
+        second.reload()
+    assert "Revised following the experts' feedback." in second.locator("#cot").inner_text()
     regen = next(b for b in site["llm"].server.bodies if not b.get("response_format"))
     assert "Explain why vasopressin is still used." in regen["messages"][-1]["content"]
-    shot(pan2, "05-pan2-regenerated-cot")
-    score(pan2, site, q3, "accept")
-    score(pan1, site, q3, "accept")
+    shot(second, "05-panel-regenerated-cot")
+    score(second, site, q3, "accept")
+    score(first, site, q3, "accept")
     assert stage(site, q3) == "panel_done"
 
     admin = login(site, "admin1")
     admin.goto(site["url"] + "/admin")
     admin.click("#run-consensus")
     admin.wait_for_selector("#message")
-    assert [stage(site, i) for i in site["ids"]] == ["approved", "approved", "adjudication", "approved"]
-    shot(admin, "06-admin-after-consensus")
-    admin.click(f"#adjudication-queue a:has-text('{q2}')")
-    assert "I think the key is wrong" in admin.locator("#all-reviews").inner_text()  # adjudication sees all
-    for dim in ("relevance", "correctness", "sufficiency"):
-        admin.check(f"#{dim}-1")
-    admin.select_option("#answer", "C")
-    admin.check("#approve-1")
-    admin.click("#submit-adjudication")
-    admin.wait_for_selector("#adjudicated")
+    assert [stage(site, i) for i in (q2, q3)] == ["adjudication", "approved"]
+    # q1: adopt rev1's proposal (the adjudicator sees it), a new revision -> five-strike again (the key changed)
+    admin.goto(f"{site['url']}/items/{q1}/adjudicate")
+    assert "the key should be B" in admin.locator("#all-reviews").inner_text()
+    assert "Vasopressin was dropped" in admin.locator("#all-reviews").inner_text()
+    _verdict(admin, answer="B", cot="Vasopressin was dropped in 2015; atropine earlier.\nAnswer: B", key="B")
+    assert stage(site, q1) == "restrike"
+    # q2: confirm the key as is: one blind approval only, so the panel must confirm it
+    admin.goto(f"{site['url']}/items/{q2}/adjudicate")
+    assert "I think the key is wrong" in admin.locator("#all-reviews").inner_text()
+    _verdict(admin, answer="C")
+    assert stage(site, q2) == "escalated"
+    shot(admin, "07-admin-reconciled")
+    for name in [u for u in ("pan1", "pan2", "pan3") if _assigned(site, q2, u)]:
+        score(login(site, name), site, q2, "accept")
+    admin.goto(site["url"] + "/admin")
+    admin.click("#run-consensus")
+    admin.wait_for_selector("#message")
     assert stage(site, q2) == "approved"
-    shot(admin, "07-admin-adjudicated")
     admin.goto(site["url"] + "/admin/agreement")
     assert admin.locator("#cohen tr").count() == 2  # header + the rev1/rev2 pair
     shot(admin, "08-agreement")
     admin.goto(site["url"] + "/admin/audit")
     audit = admin.locator("#audit").inner_text()
-    for kind in ("item_viewed", "review_submitted", "revision", "panel_submitted", "regenerated", "decision", "login"):
+    for kind in ("item_viewed", "review_submitted", "revision", "panel_submitted", "regenerated", "decision", "login",
+                 "restrike"):
         assert kind in audit
     shot(admin, "09-audit")
     with store.engine.connect() as conn:
         approved = conn.execute(select(DecisionRow.item_id, DecisionRow.human_approvals, DecisionRow.expert_validated)
                                 .where(DecisionRow.kind == "approved").order_by(DecisionRow.item_id)).all()
-    assert approved == [(q0, 2, True), (q1, 2, True), (q2, 2, True), (q3, 2, True)]
+    assert approved == [(q0, 2, True), (q2, 2, True), (q3, 2, True)]
+
+
+def _edited(site, item: str, name: str) -> bool:
+    with site["store"].engine.connect() as conn:
+        uid = conn.scalar(select(UserRow.id).where(UserRow.name == name))
+        return bool(conn.scalar(select(func.count()).select_from(RevisionRow).where(
+            RevisionRow.item_id == item, RevisionRow.user_id == uid)))
+
+
+def _verdict(admin, answer: str, cot: str | None = None, key: str | None = None) -> None:
+    for dim in ("relevance", "correctness", "sufficiency"):
+        admin.check(f"#{dim}-1")
+    admin.select_option("#answer", answer)
+    admin.check("#approve-1")
+    if cot is not None or key is not None:
+        admin.click("#reconcile summary")
+    if cot is not None:
+        admin.check("#change_cot")
+        admin.fill("#edit_cot", cot)
+    if key is not None:
+        admin.check("#change_answer")
+        admin.select_option("#edit_answer", key)
+    admin.click("#submit-adjudication")
+    admin.wait_for_url("**/adjudicate?m=*")

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from fastapi.testclient import TestClient
+from review_helpers import RUBRIC_FORM, page_form, panel_vote, vote
 from sqlalchemy import create_engine, func, select, text
 
 from curation.review import assign as assigning
@@ -15,7 +16,7 @@ from curation.review import sample
 from curation.review.app import create_app
 from curation.review.consensus import run_consensus
 from curation.review.panel import submit_panel
-from curation.review.records import Edits, PanelInput, ReviewError, ReviewInput
+from curation.review.records import Edits, ReviewError
 from curation.review.stats import collect
 from curation.review.submit import submit_adjudication, submit_review
 from medcot.config import ReviewConfig, load_config
@@ -55,13 +56,12 @@ def test_workflow_on_postgres(pg_store: Store):
     with store.transaction() as conn:
         assigning.assign(conn, ids, "review", 2, assigning.pool(conn, cfg, "review"))
         who = {i: assigning.assigned(conn, i, "review") for i in ids}
-    good = dict(relevance=1, correctness=1, sufficiency=1, answer="C", approve=True)
-    # item 0: two reviewers submit at the same moment, one of them with an edit
+    # item 0: two reviewers submit at the same moment, one of them with a (private) proposal
     errors: list[Exception] = []
 
     def go(uid: int, edits: Edits) -> None:
         try:
-            submit_review(store, ids[0], by_id[uid], ReviewInput(**good, base_revision=0, edits=edits), cfg)
+            submit_review(store, ids[0], by_id[uid], vote(store, ids[0], edits=edits), cfg)
         except ReviewError as exc:
             errors.append(exc)
 
@@ -74,32 +74,31 @@ def test_workflow_on_postgres(pg_store: Store):
     with store.engine.connect() as conn:
         n_reviews = conn.scalar(select(func.count()).select_from(ReviewRow).where(ReviewRow.item_id == ids[0]))
         n_revs = conn.scalar(select(func.count()).select_from(RevisionRow))
-    # serialized by the row lock: either both landed (the plain review first) or the later one saw the edit
-    assert n_revs == 1 and n_reviews + len(errors) == 2
-    assert all(e.status == 409 for e in errors)
+    # serialized by the row lock; a proposal changes nothing, so both reviews of the same revision land
+    assert (n_revs, n_reviews, errors) == (0, 2, [])
     for uid in who[ids[1]]:
-        submit_review(store, ids[1], by_id[uid], ReviewInput(**good), cfg)
+        submit_review(store, ids[1], by_id[uid], vote(store, ids[1]), cfg)
     x, y = who[ids[2]]
-    submit_review(store, ids[2], by_id[x], ReviewInput(**good), cfg)
-    submit_review(store, ids[2], by_id[y], ReviewInput(**{**good, "answer": "B"}), cfg)
-    sample.set_stage(store, ids[1], "strikes_passed")
-    sample.set_stage(store, ids[2], "strikes_passed")
-    assert run_consensus(store, cfg).outcomes == {"approved": 1, "adjudication": 1}
-    assert submit_adjudication(store, ids[2], users["admin1"], ReviewInput(**good), cfg).outcome == "approved"
-    if errors:  # the item whose second review was refused: finish it the way the app would (reload, review)
-        late = next(u for u in who[ids[0]] if u not in _reviewers(store, ids[0]))
-        submit_review(store, ids[0], by_id[late], ReviewInput(**good, base_revision=1), cfg)
-    sample.fail_five_strikes(store, ids[0])
-    with store.transaction() as conn:
-        assigning.assign(conn, [ids[0]], "panel", 2, assigning.pool(conn, cfg, "panel"))
-    for p in (users["pan1"], users["pan2"]):
-        submit_panel(store, ids[0], p, PanelInput(1, ALL2, "accept", "C"), cfg)
-    assert run_consensus(store, cfg).outcomes == {"approved": 1}
+    submit_review(store, ids[2], by_id[x], vote(store, ids[2]), cfg)
+    submit_review(store, ids[2], by_id[y], vote(store, ids[2], answer="B"), cfg)
+    for i in ids:
+        sample.set_stage(store, i, "strikes_passed")
+    assert run_consensus(store, cfg).outcomes == {"approved": 1, "adjudication": 2}
+    admin = users["admin1"]
+    # reconciliation: adopt the proposal (a new revision) / confirm the split item; the panel judges both afresh
+    assert submit_adjudication(store, ids[0], admin, vote(store, ids[0], edits=Edits(cot="Edited.\nAnswer: C")),
+                               cfg).item_stage == "escalated"
+    assert submit_adjudication(store, ids[2], admin, vote(store, ids[2]), cfg).outcome == "escalated"
+    for i in (ids[0], ids[2]):
+        for p in (users["pan1"], users["pan2"]):
+            submit_panel(store, i, p, panel_vote(store, i), cfg)
+    assert run_consensus(store, cfg).outcomes == {"approved": 2}
     assert {it.stage for it in store.items()} == {"approved"}
     with store.engine.connect() as conn:
         s = collect(conn)
     assert s["validation"] == {"expert_validated": 3, "automated_only": 0}
-    assert s["krippendorff_rubric"]["clinical_utility"]["units"] == 1
+    # rubric units are revisions: item 0 twice (base by reviewers, new by the panel), items 1 and 2 once each
+    assert s["krippendorff_rubric"]["clinical_utility"]["units"] == 4
 
 
 def _reviewers(store: Store, item_id: str) -> set[int]:
@@ -120,8 +119,7 @@ def test_app_on_postgres(pg_store: Store):
         c.post("/login", data={"name": name, "password": PW, "csrf_token": token})
         page = c.get(f"/items/{ids[0]}/review").text
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
         r = c.post(f"/items/{ids[0]}/review", data={"relevance": "1", "correctness": "1", "sufficiency": "1",
-                                                    "answer": "C", "approve": "1", "csrf_token": token})
+                                                    "answer": "C", "approve": "1", **RUBRIC_FORM, **page_form(page)})
         assert r.status_code == 200 and "saved" in r.text
     assert pg_store.items()[0].stage == "reviewed"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from review_helpers import RUBRIC_FORM, page_form, vote
 from sqlalchemy import func, select
 
 from curation.review import assign as assigning
 from curation.review import sample
 from curation.review.app import create_app, secret_from_env
-from curation.review.records import ReviewInput
 from curation.review.submit import submit_review
 from medcot.config import ConfigError, load_config
 from medcot.review_tables import ReviewRow
@@ -21,7 +21,8 @@ from medcot.store import Store
 
 PW = "correct horse battery"
 XSS = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"
-FORM = {"relevance": "1", "correctness": "1", "sufficiency": "1", "answer": "C", "approve": "1", "comment": "ok"}
+FORM = {"relevance": "1", "correctness": "1", "sufficiency": "1", "answer": "C", "approve": "1", "comment": "ok",
+        **RUBRIC_FORM}
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def test_unassigned_items_and_others_reviews_are_not_found(env):
     token = csrf_of(c.get(f"/items/{next(iter(mine))}/review").text)
     assert c.post(f"/items/{theirs}/review", data={**FORM, "csrf_token": token}).status_code == 404
     shared = next(i for i in mine if rev2.id in assigning_of(store, i))
-    submit_review(store, shared, rev2, ReviewInput(1, 0, 1, "A", False, "rev2's secret comment"), cfg.review)
+    submit_review(store, shared, rev2, vote(store, shared, 1, 0, 1, "A", False, "rev2's secret comment"), cfg.review)
     with store.engine.connect() as conn:
         rid = conn.scalar(select(ReviewRow.id).where(ReviewRow.user_id == rev2.id))
     assert c.get(f"/api/reviews/{rid}").status_code == 404
@@ -138,8 +139,8 @@ def test_approval_routes_need_two_human_approvals(env):
     by_id = {u.id: u for u in users.values()}
     item = ids[0]
     x, y = assigning_of(store, item)
-    submit_review(store, item, by_id[x], ReviewInput(1, 1, 1, "C", True), cfg.review)
-    submit_review(store, item, by_id[y], ReviewInput(1, 1, 1, "A", True), cfg.review)  # disagrees on the answer
+    submit_review(store, item, by_id[x], vote(store, item, 1, 1, 1, "C", True), cfg.review)
+    submit_review(store, item, by_id[y], vote(store, item, 1, 1, 1, "A", True), cfg.review)  # disagrees on the answer
     sample.set_stage(store, item, "strikes_passed")
     admin = login(app, "admin1")
     r = admin.post("/admin/consensus", data={"csrf_token": csrf_of(admin.get("/admin").text)}, follow_redirects=False)
@@ -147,13 +148,13 @@ def test_approval_routes_need_two_human_approvals(env):
     page = admin.get(f"/items/{item}/adjudicate").text
     assert "&lt;script&gt;" in page and "<script" not in page
     # the admin sides with the minority answer: only ONE human approval for the key -> removed, not approved
-    r = admin.post(f"/items/{item}/adjudicate", data={**FORM, "answer": "A", "csrf_token": csrf_of(page)},
+    r = admin.post(f"/items/{item}/adjudicate", data={**FORM, "answer": "A", **page_form(page)},
                    follow_redirects=False)
     assert r.status_code == 303 and store.items(ids=[item])[0].stage == "removed"
     # no route lets a single reviewer approve: their POST stores a review, the item stays in review
     rev = login(app, by_id[assigning_of(store, ids[1])[0]].name)
     page = rev.get(f"/items/{ids[1]}/review").text
-    rev.post(f"/items/{ids[1]}/review", data={**FORM, "csrf_token": csrf_of(page)})
+    rev.post(f"/items/{ids[1]}/review", data={**FORM, **page_form(page)})
     assert store.items(ids=[ids[1]])[0].stage == "generated"
     page = admin.get(f"/items/{ids[1]}/adjudicate").text
     r = admin.post(f"/items/{ids[1]}/adjudicate", data={**FORM, "csrf_token": csrf_of(page)})

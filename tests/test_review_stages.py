@@ -7,13 +7,13 @@ import re
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from review_helpers import panel_vote
 from sqlalchemy import select
 
 from curation.review import assign as assigning
 from curation.review import sample
 from curation.review.app import create_app
 from curation.review.panel import submit_panel
-from curation.review.records import PanelInput
 from curation.review.routes import _regenerate
 from medcot.config import load_config
 from medcot.db import GenerationRow
@@ -39,7 +39,7 @@ class Policy(sample.ScriptedJudge):
 
     def panel(self, persona: str, user_text: str) -> dict:
         out = super().panel(persona, user_text)
-        if "(q2)" in user_text and "revision 0" in user_text and persona == "judge-a":
+        if "(q2)" in user_text and "Revised following" not in user_text and persona == "judge-a":
             out |= {"action": "regenerate", "medical_correctness": 0, "feedback": "Explain why vasopressin is used."}
         return out
 
@@ -120,9 +120,9 @@ async def test_failed_app_regeneration_is_shown_and_the_panel_stage_retries_it(t
     with ctx.store.transaction() as conn:
         assigning.assign(conn, [item], "panel", 2, assigning.pool(conn, ctx.cfg.review, "panel"))
     p1, p2 = users["pan1"], users["pan2"]
-    submit_panel(ctx.store, item, p1, PanelInput(0, all2, "regenerate", "C", feedback="Cite the 2010 guideline."),
+    submit_panel(ctx.store, item, p1, panel_vote(ctx.store, item, "regenerate", all2, feedback="Cite the 2010 guideline."),
                  ctx.cfg.review)
-    assert submit_panel(ctx.store, item, p2, PanelInput(0, all2, "accept", "C"), ctx.cfg.review) == "regenerate"
+    assert submit_panel(ctx.store, item, p2, panel_vote(ctx.store, item, "accept", all2), ctx.cfg.review) == "regenerate"
     app = create_app(ctx.cfg, secret_key="r" * 40, store=ctx.store)
     await _regenerate(app.state.review, item)  # what the app runs in the background: the LLM is down
     client = TestClient(app, base_url="http://127.0.0.1")
@@ -136,4 +136,4 @@ async def test_failed_app_regeneration_is_shown_and_the_panel_stage_retries_it(t
     assert ctx2.sections["panel"]["regenerations"] == 1
     assert "Cite the 2010 guideline." in srv.bodies[0]["messages"][-1]["content"]
     page = client.get(f"/items/{item}/panel").text
-    assert 'id="panel-form"' in page and "revision 1" in page
+    assert 'id="panel-form"' in page and "Revised following the experts&#39; feedback." in page

@@ -1,17 +1,21 @@
 """Consensus (paper 2.3.5): the rules that approve, adjudicate or remove an item, and the ONLY writer of them.
 
-A vote approves when the expert's answer equals the item's key AND they approve the wording (and, by
-default, judged relevance, correctness and sufficiency all 1). A vote is fresh when it was cast on the
-current wording (review: no edit after it; panel: the CoT revision in force).
+THE INVARIANT (curation.review.invariant, re-verified by the release builder from the raw votes):
+an approval counts only if it was cast by a human, on the exact revision released (question, options, key
+and CoT), blind (no other reviewer's verdict, answer, comment or edit was visible to that reviewer before
+the vote), agrees with the key, proposes no change, and scores the rubric compatibly with approval.
+expert_validated needs such approvals from >= 2 distinct HUMAN users, always. Automated approvals may approve
+only where `review.automated: llm` was set explicitly (the demo), recorded with expert_validated = False.
 
-- approved: at least `min_agree` fresh approvals and no fresh rejection. Only kind "human"
-  approvals count, unless `review.automated: llm` was set explicitly (the demo): then automated approvals
-  may approve, but the item is recorded with expert_validated = False. expert_validated needs >= 2 HUMAN
-  approvals, always.
-- all fresh votes reject: after the initial review the item goes to the panel; after the panel it is removed.
-- anything else (a split, or approvals made stale by a later edit): adjudication by an admin or a third expert.
-- after adjudication: approved if the adjudicator approves and the approvals (theirs included) meet the rule;
-  otherwise removed (no consensus).
+- initial review (stage strikes_passed): `min_agree` approvals of the base revision and no fresh rejection
+  and no proposal -> approved; all reject without proposals -> the panel; anything else (a split, a
+  proposal to reconcile) -> adjudication. An item repaired since (a new revision) -> the panel judges it afresh.
+- panel (stage panel_done): the panel's accept votes on the revision in force, by the same rule; all
+  reject -> removed; otherwise adjudication.
+- adjudication (reconciliation; the adjudicator sees everything, so their verdict is never a blind approval):
+  reject -> removed; approve as is -> approved if the blind approvals on this revision suffice, else the panel
+  confirms it; approve with edits -> a new revision (five-strike again if question, options or key changed),
+  then the panel.
 
 `record_outcome` recomputes the votes from the store under the item's lock and refuses an approval the
 rules do not support, whoever calls it (web app, CLI, stage, import): ConsensusError.
@@ -26,14 +30,16 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
 from curation.review import assign as assigning
-from curation.review.items import cot_round, get_item, last_revision_time, lock_item, set_stage
+from curation.review.invariant import VoteRecord, problems, vote_from_panel, vote_from_review
+from curation.review.items import get_item, item_revision, lock_item, revision_count, set_stage
 from curation.review.records import OUTCOMES, PANEL_ACTIONS, Outcome, ReviewError, User, Vote
 from medcot.config import ReviewConfig
 from medcot.records import Event, Item
-from medcot.review_tables import DecisionRow, ReviewRow, UserRow
+from medcot.review_tables import DecisionRow, ReviewRow, RubricScoreRow, UserRow
 from medcot.store import Store
 
 DECIDABLE = ("strikes_passed", "panel_done", "adjudication")
+STALE = "cast on another revision"
 
 
 class ConsensusError(ReviewError):
@@ -41,15 +47,22 @@ class ConsensusError(ReviewError):
         super().__init__(message, 409)
 
 
-def _vote_from_review(row: Any, item: Item, cfg: ReviewConfig, since: Any) -> Vote:
-    agrees = row["answer"] == item.answer
-    binary = all(row[d] == 1 for d in ("relevance", "correctness", "sufficiency"))
-    approve = bool(row["approve"]) and agrees and (binary or not cfg.consensus.require_all_binary)
-    reasons = [r for r, bad in (("answer differs from key", not agrees), ("wording not approved", not row["approve"]),
-                                ("a binary judgement is 0", not binary)) if bad]
-    fresh = since is None or row["created_at"] >= since
-    return Vote(user_id=row["user_id"], user=row["name"], kind=row["user_kind"], phase=row["phase"], answer=row["answer"],
-                approve=approve, fresh=fresh, reason="; ".join(reasons) + ("" if fresh else " (wording changed since)"))
+def _vote(rec: VoteRecord, name: str, revision: str, item: Item, cfg: ReviewConfig) -> Vote:
+    found = problems(rec, revision, item.answer, cfg)
+    fresh = rec.revision_hash is not None and rec.revision_hash == revision
+    approve = not [p for p in found if not p.startswith(STALE)]
+    return Vote(user_id=rec.user_id, user=name, kind=rec.kind, phase=rec.phase, answer=rec.answer, approve=approve,
+                fresh=fresh, reason="; ".join(found), proposal=rec.proposal)
+
+
+def review_scores(conn: Connection, item_id: str, phase: str) -> dict[tuple[int, str | None], dict[str, int]]:
+    """(user id, revision hash) -> that rater's rubric scores in this phase."""
+    out: dict[tuple[int, str | None], dict[str, int]] = {}
+    for uid, rev, dim, score in conn.execute(select(RubricScoreRow.user_id, RubricScoreRow.revision_hash,
+                                                    RubricScoreRow.dimension, RubricScoreRow.score)
+                                             .where(RubricScoreRow.item_id == item_id, RubricScoreRow.phase == phase)):
+        out.setdefault((uid, rev), {})[dim] = score
+    return out
 
 
 def review_votes(conn: Connection, item: Item, cfg: ReviewConfig, phase: str = "review") -> list[Vote]:
@@ -57,8 +70,10 @@ def review_votes(conn: Connection, item: Item, cfg: ReviewConfig, phase: str = "
                         .join(UserRow, UserRow.id == ReviewRow.user_id)
                         .where(ReviewRow.item_id == item.id, ReviewRow.phase == phase)
                         .order_by(ReviewRow.id)).mappings().all()
-    since = last_revision_time(conn, item.id)
-    return [_vote_from_review(r, item, cfg, since) for r in rows]
+    revision = item_revision(conn, item)
+    scores = review_scores(conn, item.id, "review") if phase == "review" else {}
+    return [_vote(vote_from_review(r, r["user_kind"], scores.get((r["user_id"], r["revision_hash"]))), r["name"],
+                  revision, item, cfg) for r in rows]
 
 
 def panel_decisions(conn: Connection, item_id: str, round_: int | None = None) -> list[dict[str, Any]]:
@@ -76,16 +91,10 @@ def panel_decisions(conn: Connection, item_id: str, round_: int | None = None) -
     return list(latest.values())
 
 
-def panel_votes(conn: Connection, item: Item) -> list[Vote]:
-    current = cot_round(conn, item.id)
-    votes = []
-    for d in panel_decisions(conn, item.id, current):
-        answer = (d["details"] or {}).get("answer")
-        approve = d["kind"] == "accept" and answer == item.answer
-        reason = "" if approve else ("panel: " + d["kind"] if d["kind"] != "accept" else "answer differs from key")
-        votes.append(Vote(user_id=d["user_id"], user=d["name"], kind=d["user_kind"], phase="panel", answer=answer,
-                          approve=approve, fresh=True, reason=reason))
-    return votes
+def panel_votes(conn: Connection, item: Item, cfg: ReviewConfig) -> list[Vote]:
+    revision = item_revision(conn, item)
+    return [_vote(vote_from_panel(d["user_id"], d["user_kind"], d["kind"], d["details"]), d["name"], revision, item, cfg)
+            for d in panel_decisions(conn, item.id, revision_count(conn, item.id))]
 
 
 def went_to_panel(conn: Connection, item_id: str) -> bool:
@@ -95,7 +104,7 @@ def went_to_panel(conn: Connection, item_id: str) -> bool:
 
 def basis_votes(conn: Connection, item: Item, cfg: ReviewConfig) -> list[Vote]:
     """The votes of the last phase before any adjudication: the panel's if the item went there."""
-    return panel_votes(conn, item) if went_to_panel(conn, item.id) else review_votes(conn, item, cfg)
+    return panel_votes(conn, item, cfg) if went_to_panel(conn, item.id) else review_votes(conn, item, cfg)
 
 
 def _count(votes: list[Vote], cfg: ReviewConfig) -> tuple[int, int, int]:
@@ -109,6 +118,8 @@ def verdict(votes: list[Vote], cfg: ReviewConfig) -> tuple[str, str]:
     """("approve" | "reject" | "split" | "waiting", reason) for one phase's votes."""
     if not votes:
         return "waiting", "no votes yet"
+    if proposing := [v.user for v in votes if v.proposal and v.fresh]:
+        return "split", f"proposed changes to reconcile ({', '.join(sorted(proposing))})"
     human, automated, counted = _count(votes, cfg)
     rejections = [v for v in votes if v.fresh and not v.approve]
     stale = [v for v in votes if not v.fresh]
@@ -126,27 +137,49 @@ def verdict(votes: list[Vote], cfg: ReviewConfig) -> tuple[str, str]:
 def decide(conn: Connection, item: Item, cfg: ReviewConfig) -> Outcome:
     """What consensus says for an item now: kind approved|adjudication|removed|escalate, or "" (wait)."""
     if item.stage == "strikes_passed":
+        if revision_count(conn, item.id):  # repaired by the panel or an adjudicator, and re-checked by five-strike
+            return _outcome("escalate", "a new revision after repair: the panel judges it afresh", [], cfg)
         votes = review_votes(conn, item, cfg)
         v, reason = verdict(votes, cfg)
         kind = {"approve": "approved", "reject": "escalate", "split": "adjudication", "waiting": ""}[v]
         return _outcome(kind, "initial review failed: " + reason if v == "reject" else reason, votes, cfg)
     if item.stage == "panel_done":
-        votes = panel_votes(conn, item)
+        votes = panel_votes(conn, item, cfg)
         v, reason = verdict(votes, cfg)
         kind = {"approve": "approved", "reject": "removed", "split": "adjudication", "waiting": ""}[v]
         return _outcome(kind, "panel rejected: " + reason if v == "reject" else reason, votes, cfg)
     if item.stage == "adjudication":
-        verdicts = review_votes(conn, item, cfg, phase="adjudication")
+        verdicts = conn.execute(select(ReviewRow.approve, ReviewRow.answer, ReviewRow.proposal).where(
+            ReviewRow.item_id == item.id, ReviewRow.phase == "adjudication")).all()
         if not verdicts:
             return _outcome("", "awaiting adjudication", [], cfg)
-        votes = basis_votes(conn, item, cfg) + verdicts
-        _, _, counted = _count(votes, cfg)
-        if all(v.counts_as_approval for v in verdicts) and counted >= cfg.consensus.min_agree:
-            return _outcome("approved", f"adjudicated: {counted} approvals", votes, cfg)
-        why = "adjudicator rejected" if not all(v.counts_as_approval for v in verdicts) else \
-            f"adjudicator approved but only {counted} approvals count"
-        return _outcome("removed", f"no consensus after adjudication: {why}", votes, cfg)
+        if not all(ok and answer == item.answer for ok, answer, _ in verdicts):
+            return _outcome("removed", "no consensus after adjudication: adjudicator rejected", [], cfg)
+        votes = basis_votes(conn, item, cfg)
+        human, _, counted = _count(votes, cfg)
+        if counted >= cfg.consensus.min_agree and (human >= 2 or cfg.automated == "llm"):
+            return _outcome("approved", f"adjudicated: {counted} blind approvals of this revision", votes, cfg)
+        return _outcome("escalate", f"adjudicator confirmed the text, but only {counted} blind approval(s) of this "
+                                    "revision count: the panel judges it", votes, cfg)
     return _outcome("", f"stage {item.stage}: nothing to decide", [], cfg)
+
+
+def send_to_panel(conn: Connection, item_id: str, reason: str, cfg: ReviewConfig) -> None:
+    """The panel judges the revision in force afresh (blind: it never sees the earlier votes or proposals)."""
+    set_stage(conn, item_id, "escalated", Event(kind="escalated", item_id=item_id, stage="panel",
+                                                payload={"reason": reason, "source": "reconciliation"}))
+    assigning.assign(conn, [item_id], "panel", cfg.panel.panelists_per_item, assigning.pool(conn, cfg, "panel"))
+
+
+def reconcile(conn: Connection, item_id: str, changed: list[str], cfg: ReviewConfig, reason: str) -> str:
+    """After a repair (adjudicator or panelist): five-strike again when question, options or key changed
+    (stage restrike), else straight back to the panel. Returns the new stage. Call under lock_item."""
+    if set(changed) & {"question", "options", "answer"}:
+        set_stage(conn, item_id, "restrike", Event(kind="restrike", item_id=item_id, stage="consensus",
+                                                   payload={"reason": reason, "changed": changed}))
+        return "restrike"
+    send_to_panel(conn, item_id, reason, cfg)
+    return "escalated"
 
 
 def _outcome(kind: str, reason: str, votes: list[Vote], cfg: ReviewConfig) -> Outcome:

@@ -6,6 +6,7 @@ from typing import Any
 
 from curation.review.records import Edits, PanelInput, ReviewError, ReviewInput
 from medcot.review_tables import RUBRIC_DIMENSIONS
+from medcot.revision import normalize_newlines
 
 MAX_FIELD = 100_000
 
@@ -20,7 +21,7 @@ def text(form: Mapping[str, Any], name: str, required: bool = False) -> str | No
         raise ReviewError(f"field {name!r} must be text")
     if len(value) > MAX_FIELD:
         raise ReviewError(f"field {name!r} is too long")
-    return value.replace("\r\n", "\n").replace("\r", "\n")  # browsers send textarea newlines as CRLF
+    return normalize_newlines(value)  # browsers send textarea newlines as CRLF
 
 
 def flag(form: Mapping[str, Any], name: str) -> int:
@@ -37,37 +38,59 @@ def integer(form: Mapping[str, Any], name: str) -> int:
     return int(value)
 
 
-def _edits(form: Mapping[str, Any], letters: list[str]) -> Edits:
-    options = {k: text(form, f"edit_option_{k}") for k in letters}
-    return Edits(question=text(form, "edit_question"),
-                 options={k: v for k, v in options.items() if v is not None} if any(options.values()) else None,
-                 answer=text(form, "edit_answer"), cot=text(form, "edit_cot"))
+def _edits(form: Mapping[str, Any], letters: list[str], cot_field: str = "edit_cot") -> Edits:
+    """Only the fields the reviewer explicitly chose to change (a `change_<field>` box per field): an
+    untouched form, however the browser re-encodes its text, proposes nothing."""
+    def chosen(name: str) -> bool:
+        return form.get(f"change_{name}") in ("1", "on")
+
+    options = None
+    if chosen("options"):
+        options = {k: text(form, f"edit_option_{k}") or "" for k in letters}
+        if not all(v.strip() for v in options.values()):
+            raise ReviewError("every option needs its text")
+    return Edits(question=text(form, "edit_question", required=True) if chosen("question") else None,
+                 options=options, answer=text(form, "edit_answer", required=True) if chosen("answer") else None,
+                 cot=text(form, cot_field, required=True) if chosen("cot") else None)
 
 
-def review_input(form: Mapping[str, Any], letters: list[str], allow_edits: bool) -> ReviewInput:
+def _labels(form: Mapping[str, Any], required: bool) -> tuple[dict[str, int] | None, str | None, str | None]:
+    """The rubric scores (all five or none), difficulty and cognitive level."""
+    given = {d: text(form, f"score_{d}") for d in RUBRIC_DIMENSIONS}
+    if required or any(v is not None for v in given.values()):
+        for dim, value in given.items():
+            if value not in ("0", "1", "2"):
+                raise ReviewError(f"{dim} must be scored 0, 1 or 2")
+        scores: dict[str, int] | None = {d: int(v) for d, v in given.items() if v is not None}
+    else:
+        scores = None
+    difficulty, level = text(form, "difficulty", required=required), text(form, "cognitive_level", required=required)
+    return scores, difficulty, level
+
+
+def review_input(form: Mapping[str, Any], letters: list[str], allow_edits: bool, rubric: bool = False) -> ReviewInput:
     answer = text(form, "answer", required=True)
     if answer not in letters:
-        raise ReviewError(f"answer must be one of {', '.join(letters)}")
-    base = text(form, "base_revision")
+        raise ReviewError(f"choose the correct answer: one of {', '.join(letters)}")
     edits = _edits(form, letters) if allow_edits else Edits()
-    if edits.options is not None and set(edits.options) != set(letters):
-        raise ReviewError("every option needs its text")
+    scores, difficulty, level = _labels(form, required=rubric)
     return ReviewInput(relevance=flag(form, "relevance"), correctness=flag(form, "correctness"),
                        sufficiency=flag(form, "sufficiency"), answer=answer, approve=bool(flag(form, "approve")),
-                       comment=text(form, "comment") or "", base_revision=int(base) if base and base.isdigit() else None,
-                       edits=edits)
+                       comment=text(form, "comment") or "", revision=text(form, "revision"), edits=edits,
+                       scores=scores, difficulty=difficulty, cognitive_level=level)
 
 
 def panel_input(form: Mapping[str, Any], letters: list[str]) -> PanelInput:
-    scores = {}
-    for dim in RUBRIC_DIMENSIONS:
-        value = text(form, f"score_{dim}", required=True)
-        if value not in ("0", "1", "2"):
-            raise ReviewError(f"{dim} must be scored 0, 1 or 2")
-        scores[dim] = int(value)
+    scores, difficulty, level = _labels(form, required=False)
+    if scores is None:
+        raise ReviewError("score all five rubric dimensions")
     answer = text(form, "answer", required=True)
     if answer not in letters:
-        raise ReviewError(f"answer must be one of {', '.join(letters)}")
-    return PanelInput(round=integer(form, "round"), scores=scores, action=text(form, "action", required=True) or "",
-                      answer=answer, feedback=text(form, "feedback") or "", comment=text(form, "comment") or "",
-                      revised_cot=text(form, "revised_cot"))
+        raise ReviewError(f"choose the correct answer: one of {', '.join(letters)}")
+    action = text(form, "action", required=True) or ""
+    edits = _edits(form, letters, cot_field="revised_cot") if action == "revise" else Edits()
+    revised_cot, edits.cot = edits.cot, None
+    return PanelInput(round=integer(form, "round"), scores=scores, action=action, answer=answer,
+                      feedback=text(form, "feedback") or "", comment=text(form, "comment") or "",
+                      revised_cot=revised_cot, revision=text(form, "revision"), edits=edits,
+                      difficulty=difficulty, cognitive_level=level)

@@ -19,6 +19,7 @@ from medcot.db import AttemptRow, EventRow, GenerationRow, ItemRow
 from medcot.extract import extract_answer, parse_option_explanations
 from medcot.records import Event, Item
 from medcot.review_tables import RevisionRow, UserRow
+from medcot.revision import content_hash, normalize_newlines
 from medcot.store import normalize_text
 
 COT_PURPOSES = ("initial", "regenerated", "edited")
@@ -66,7 +67,14 @@ def cot_round(conn: Connection, item_id: str) -> int:
     return int(cot["revision"]) if cot else 0
 
 
+def item_revision(conn: Connection, item: Item) -> str:
+    """The content hash of the item's current text (question, options, key, CoT in force): what votes record."""
+    cot = current_cot(conn, item.id)
+    return content_hash(item.question, item.options, item.answer, (cot or {}).get("cot") or "")
+
+
 def revision_count(conn: Connection, item_id: str) -> int:
+    """How many field revisions the item has had (also the panel's scoring round: every change bumps it)."""
     return conn.scalar(select(func.count()).select_from(RevisionRow).where(RevisionRow.item_id == item_id)) or 0
 
 
@@ -96,15 +104,27 @@ def add_revision(conn: Connection, item_id: str, user: User | None, field_name: 
 
 
 def effective_edits(conn: Connection, item: Item, edits: Edits) -> Edits:
-    """Only the fields that really differ from the item (forms send every field back, prefilled)."""
+    """Only the fields that really differ from the item, compared after the one normalisation (line endings,
+    NFC, outer whitespace), so an untouched field is never a change."""
     cot = current_cot(conn, item.id)
-    question = edits.question.strip() if edits.question is not None else None
-    options = {k: v.strip() for k, v in edits.options.items()} if edits.options is not None else None
-    return Edits(question=question if question and question != item.question else None,
-                 options=options if options is not None and options != item.options else None,
+
+    def clean(text: str | None) -> str | None:
+        return normalize_newlines(text).strip() if text is not None else None
+
+    question = clean(edits.question)
+    options = {k: clean(v) or "" for k, v in edits.options.items()} if edits.options is not None else None
+    new_cot = clean(edits.cot)
+    return Edits(question=question if question and question != clean(item.question) else None,
+                 options=options if options is not None and options != {k: clean(v) for k, v in item.options.items()}
+                 else None,
                  answer=edits.answer if edits.answer and edits.answer != item.answer else None,
-                 cot=edits.cot if edits.cot is not None and edits.cot.strip() and
-                 edits.cot.strip() != ((cot or {}).get("cot") or "").strip() else None)
+                 cot=new_cot if new_cot and new_cot != clean((cot or {}).get("cot") or "") else None)
+
+
+def proposal_dict(edits: Edits) -> dict[str, Any] | None:
+    """A private proposal as stored with a review (None when nothing is proposed)."""
+    out = {f: getattr(edits, f) for f in ("question", "options", "answer", "cot") if getattr(edits, f) is not None}
+    return out or None
 
 
 def apply_edits(conn: Connection, item: Item, edits: Edits, user: User) -> list[str]:

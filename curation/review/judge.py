@@ -13,11 +13,12 @@ from typing import Any
 
 from curation.review.prompts import load as load_prompt
 from curation.review.records import PanelInput, ReviewError, ReviewInput
+from curation.review.standard import load_standard, policy_problems
 from medcot.config import ReviewConfig
 from medcot.llm import LLMClient, json_schema_format
 from medcot.prompts import format_options
 from medcot.records import ChatRequest, Item
-from medcot.review_tables import BINARY_DIMENSIONS, RUBRIC_DIMENSIONS
+from medcot.review_tables import BINARY_DIMENSIONS, COGNITIVE_LEVELS, DIFFICULTIES, RUBRIC_DIMENSIONS
 
 MAX_TEXT = 300
 
@@ -38,6 +39,9 @@ class JudgeResult:
 
 def review_schema(letters: list[str]) -> dict[str, Any]:
     props: dict[str, Any] = {d: {"type": "integer", "enum": [0, 1]} for d in BINARY_DIMENSIONS}
+    props |= {d: {"type": "integer", "enum": [0, 1, 2]} for d in RUBRIC_DIMENSIONS}
+    props |= {"difficulty": {"type": "string", "enum": list(DIFFICULTIES)},
+              "cognitive_level": {"type": "string", "enum": list(COGNITIVE_LEVELS)}}
     props |= {"answer": {"type": "string", "enum": letters}, "approve": {"type": "boolean"},
               "comment": {"type": "string", "maxLength": MAX_TEXT}}
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
@@ -45,7 +49,9 @@ def review_schema(letters: list[str]) -> dict[str, Any]:
 
 def panel_schema(letters: list[str]) -> dict[str, Any]:
     scores = {d: {"type": "integer", "enum": [0, 1, 2]} for d in RUBRIC_DIMENSIONS}
-    props: dict[str, Any] = {**scores, "action": {"type": "string", "enum": ["accept", "regenerate", "discard"]},
+    props: dict[str, Any] = {**scores, "difficulty": {"type": "string", "enum": list(DIFFICULTIES)},
+                             "cognitive_level": {"type": "string", "enum": list(COGNITIVE_LEVELS)},
+                             "action": {"type": "string", "enum": ["accept", "regenerate", "discard"]},
                              "answer": {"type": "string", "enum": letters},
                              "feedback": {"type": "string", "maxLength": MAX_TEXT}}
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
@@ -53,8 +59,9 @@ def panel_schema(letters: list[str]) -> dict[str, Any]:
 
 def _messages(name: str, item: Item, persona: str, **fields: Any) -> tuple[list[dict[str, str]], str]:
     prompt = load_prompt(name, item.language)
+    standard = load_standard()
     user = prompt.user.format(question=item.question, options=format_options(item.options), key=item.answer,
-                              **fields)
+                              standard=standard.version, rubric=standard.prompt_text(item.language), **fields)
     return [{"role": "system", "content": prompt.system.format(persona=persona)},
             {"role": "user", "content": user}], prompt.tag
 
@@ -91,18 +98,18 @@ class Judge:
                                 f"judgement: {exc}"
         return result
 
-    async def review(self, item: Item, cot: str, persona_index: int) -> JudgeResult:
+    async def review(self, item: Item, cot: str, persona_index: int, revision: str) -> JudgeResult:
         persona = self.cfg.judge.personas[persona_index]
         messages, tag = _messages("review_judge", item, persona, cot=cot)
         return await self._ask(item, "review_judge", messages, tag, review_schema(sorted(item.options)),
-                               persona_index, lambda d: _review_form(d, item))
+                               persona_index, lambda d: _review_form(d, item, self.cfg, revision))
 
     async def panel(self, item: Item, cot: str, attempts: list[dict[str, Any]], round_: int,
-                    persona_index: int) -> JudgeResult:
+                    persona_index: int, revision: str) -> JudgeResult:
         persona = self.cfg.judge.personas[persona_index]
         messages, tag = _messages("panel_judge", item, persona, cot=cot, round=round_, history=history_text(attempts))
         return await self._ask(item, "panel_judge", messages, tag, panel_schema(sorted(item.options)),
-                               persona_index, lambda d: _panel_form(d, item, round_))
+                               persona_index, lambda d: _panel_form(d, item, round_, self.cfg, revision))
 
 
 def _letter(d: dict[str, Any], item: Item) -> str:
@@ -112,17 +119,32 @@ def _letter(d: dict[str, Any], item: Item) -> str:
     return letter
 
 
-def _review_form(d: dict[str, Any], item: Item) -> ReviewInput:
+def _coherent(approving: bool, scores: dict[str, int], cfg: ReviewConfig) -> None:
+    """An automated approval that the rubric policy rules out is refused like a human's (retried, never fixed up)."""
+    bad = policy_problems(scores, cfg.rubric_policy.min_score, cfg.rubric_policy.required) if approving else []
+    if bad:
+        raise ReviewError("incoherent: approves although " + "; ".join(bad))
+
+
+def _review_form(d: dict[str, Any], item: Item, cfg: ReviewConfig, revision: str) -> ReviewInput:
     approve = d["approve"]
     if not isinstance(approve, bool):
         raise ReviewError("approve must be true or false")
+    scores = {k: d[k] for k in RUBRIC_DIMENSIONS}
+    _coherent(approve, scores, cfg)
+    rubric = cfg.rubric == "all"
     return ReviewInput(relevance=d["relevance"], correctness=d["correctness"], sufficiency=d["sufficiency"],
-                       answer=_letter(d, item), approve=approve, comment=str(d["comment"])[:MAX_TEXT])
+                       answer=_letter(d, item), approve=approve, comment=str(d["comment"])[:MAX_TEXT],
+                       revision=revision, scores=scores if rubric else None,
+                       difficulty=d["difficulty"] if rubric else None,
+                       cognitive_level=d["cognitive_level"] if rubric else None)
 
 
-def _panel_form(d: dict[str, Any], item: Item, round_: int) -> PanelInput:
+def _panel_form(d: dict[str, Any], item: Item, round_: int, cfg: ReviewConfig, revision: str) -> PanelInput:
     feedback = str(d["feedback"])[:MAX_TEXT]
     if d["action"] == "regenerate" and not feedback.strip():
         feedback = "(no feedback given by the automated panelist)"
-    return PanelInput(round=round_, scores={k: d[k] for k in RUBRIC_DIMENSIONS}, action=d["action"],
-                      answer=_letter(d, item), feedback=feedback)
+    scores = {k: d[k] for k in RUBRIC_DIMENSIONS}
+    _coherent(d["action"] == "accept", scores, cfg)
+    return PanelInput(round=round_, scores=scores, action=d["action"], answer=_letter(d, item), feedback=feedback,
+                      revision=revision, difficulty=d["difficulty"], cognitive_level=d["cognitive_level"])

@@ -19,7 +19,7 @@ from sqlalchemy import insert, select
 
 from curation.review.assign import is_assigned
 from curation.review.auth import get_user_by_name
-from curation.review.items import attempts, current_cot, editors, lock_item, log
+from curation.review.items import attempts, current_cot, editors, item_revision, lock_item, log, revision_count
 from curation.review.judge import history_text
 from curation.review.panel import submit_panel
 from curation.review.records import Edits, PanelInput, ReviewError, ReviewInput, User
@@ -27,7 +27,7 @@ from curation.review.submit import submit_review
 from medcot.config import ReviewConfig
 from medcot.db import EventRow
 from medcot.records import Event
-from medcot.review_tables import BINARY_DIMENSIONS, RUBRIC_DIMENSIONS, AssignmentRow
+from medcot.review_tables import BINARY_DIMENSIONS, COGNITIVE_LEVELS, DIFFICULTIES, RUBRIC_DIMENSIONS, AssignmentRow
 from medcot.store import Store
 
 ROLE_FOR = {"review": "reviewer", "panel": "panelist"}
@@ -39,6 +39,16 @@ def _choices(parent: ET.Element, name: str, to: str, values: list[str]) -> None:
         ET.SubElement(el, "Choice", value=v)
 
 
+def _rubric(view: ET.Element) -> None:
+    for dim in RUBRIC_DIMENSIONS:
+        ET.SubElement(view, "Header", value=dim.replace("_", " ") + " (0-2)")
+        _choices(view, dim, "cot", ["0", "1", "2"])
+    ET.SubElement(view, "Header", value="Difficulty")
+    _choices(view, "difficulty", "question", list(DIFFICULTIES))
+    ET.SubElement(view, "Header", value="Cognitive level")
+    _choices(view, "cognitive_level", "question", list(COGNITIVE_LEVELS))
+
+
 def labeling_config(form: str, letters: list[str]) -> str:
     view = ET.Element("View")
     for name, title in (("question", "Question"), ("options", "Options"), ("key", "Answer key"), ("cot", "Chain of thought")):
@@ -47,9 +57,7 @@ def labeling_config(form: str, letters: list[str]) -> str:
     if form == "panel":
         ET.SubElement(view, "Header", value="Five-strike history")
         ET.SubElement(view, "Text", name="history", value="$history")
-        for dim in RUBRIC_DIMENSIONS:
-            ET.SubElement(view, "Header", value=dim.replace("_", " ") + " (0-2)")
-            _choices(view, dim, "cot", ["0", "1", "2"])
+        _rubric(view)
         _choices(view, "action", "cot", ["accept", "revise", "regenerate", "discard"])
         _choices(view, "answer", "question", letters)
         ET.SubElement(view, "TextArea", name="feedback", toName="cot", maxSubmissions="1")
@@ -59,6 +67,7 @@ def labeling_config(form: str, letters: list[str]) -> str:
             ET.SubElement(view, "Header", value=f"{dim} (1/0)")
             _choices(view, dim, "cot", ["1", "0"])
         _choices(view, "answer", "question", letters)
+        _rubric(view)
         ET.SubElement(view, "Header", value="Approve the wording (1/0)")
         _choices(view, "approve", "cot", ["1", "0"])
         ET.SubElement(view, "TextArea", name="comment", toName="cot", maxSubmissions="1")
@@ -75,7 +84,8 @@ def export_tasks(store: Store, out_dir: Path, form: str) -> tuple[int, Path]:
             cot = current_cot(conn, item.id)
             data = {"item_id": item.id, "question": item.question, "key": item.answer,
                     "options": "\n".join(f"{k}. {v}" for k, v in sorted(item.options.items())),
-                    "cot": cot["cot"] if cot else "", "round": int(cot["revision"]) if cot else 0}
+                    "cot": cot["cot"] if cot else "", "round": revision_count(conn, item.id),
+                    "revision": item_revision(conn, item)}  # the revision judged: checked again at import
             if form == "panel":
                 data["history"] = history_text(attempts(conn, item.id))
             tasks.append({"data": data})
@@ -151,17 +161,27 @@ def _one(fields: dict[str, Any], name: str) -> str:
     return str(value)
 
 
+def _labels(fields: dict[str, Any]) -> tuple[dict[str, int] | None, str | None, str | None]:
+    scores = {d: int(_one(fields, d)) for d in RUBRIC_DIMENSIONS} if all(d in fields for d in RUBRIC_DIMENSIONS) else None
+    return scores, fields.get("difficulty") or None, fields.get("cognitive_level") or None
+
+
 def _form(fields: dict[str, Any]) -> tuple[str, ReviewInput | PanelInput]:
-    if all(d in fields for d in RUBRIC_DIMENSIONS):
-        scores = {d: int(_one(fields, d)) for d in RUBRIC_DIMENSIONS}
+    """The typed form of one annotation. `revision` comes from the exported task (None for tasks exported
+    before revisions were recorded: the submission code refuses those, and the import lists them)."""
+    revision = str(fields["revision"]) if fields.get("revision") else None
+    scores, difficulty, level = _labels(fields)
+    if "action" in fields and scores is not None:
         return "panel", PanelInput(round=int(fields.get("round", 0)), scores=scores, action=_one(fields, "action"),
                                    answer=_one(fields, "answer"), feedback=str(fields.get("feedback") or ""),
-                                   revised_cot=str(fields.get("revised_cot") or "") or None)
+                                   revised_cot=str(fields.get("revised_cot") or "") or None, revision=revision,
+                                   difficulty=difficulty, cognitive_level=level)
     if all(d in fields for d in BINARY_DIMENSIONS):
         return "review", ReviewInput(relevance=int(_one(fields, "relevance")), correctness=int(_one(fields, "correctness")),
                                      sufficiency=int(_one(fields, "sufficiency")), answer=_one(fields, "answer"),
                                      approve=_one(fields, "approve") == "1", comment=str(fields.get("comment") or ""),
-                                     edits=Edits())
+                                     edits=Edits(), revision=revision, scores=scores, difficulty=difficulty,
+                                     cognitive_level=level)
     raise ReviewError(f"an annotation has neither the binary review fields nor the rubric fields: {sorted(fields)}")
 
 
@@ -202,6 +222,7 @@ def import_export(store: Store, path: Path, cfg: ReviewConfig, mapping: dict[str
             raise ReviewError(f"unknown item {item_id!r} in {path}. Nothing was imported.")
         if users[ann].role != ROLE_FOR[phase]:
             raise ReviewError(f"{users[ann].name} is a {users[ann].role}, not a {ROLE_FOR[phase]}. Nothing was imported.")
+    # a refused annotation (stale or missing revision, a closed phase ...) is skipped and listed, never stored
     report: dict[str, Any] = {"annotations": len(parsed), "stored": 0, "already": 0, "rejected": []}
     for item_id, ann, phase, form in parsed:
         user = users[ann]

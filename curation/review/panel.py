@@ -21,10 +21,24 @@ from sqlalchemy.engine import Connection
 
 from curation.generate import cot_request
 from curation.review import assign as assigning
-from curation.review.consensus import panel_decisions, record_outcome
-from curation.review.items import current_cot, editors, get_item, lock_item, log, save_cot, set_stage
+from curation.review.consensus import panel_decisions, reconcile, record_outcome
+from curation.review.items import (
+    apply_edits,
+    current_cot,
+    editors,
+    effective_edits,
+    get_item,
+    item_revision,
+    lock_item,
+    log,
+    revision_count,
+    save_cot,
+    set_stage,
+)
 from curation.review.prompts import load as load_prompt
-from curation.review.records import PanelInput, ReviewError, User
+from curation.review.records import Edits, PanelInput, ReviewError, User
+from curation.review.standard import load_standard, policy_problems
+from curation.review.submit import check_revision
 from medcot.config import GenerateConfig, ReviewConfig
 from medcot.db import ItemRow
 from medcot.llm import LLMClient
@@ -48,8 +62,7 @@ class PanelState:
 
 
 def panel_state(conn: Connection, item_id: str, cfg: ReviewConfig) -> PanelState:
-    cot = current_cot(conn, item_id)
-    rnd = int(cot["revision"]) if cot else 0
+    rnd = revision_count(conn, item_id)  # every change of question, options, key or CoT opens a new round
     banned = editors(conn, item_id)
     eligible = [u for u in assigning.assigned(conn, item_id, "panel") if u not in banned]
     submitted = {d["user_id"]: d for d in panel_decisions(conn, item_id, rnd) if d["user_id"] in eligible}
@@ -76,11 +89,21 @@ def submit_panel(store: Store, item_id: str, user: User, form: PanelInput, cfg: 
             return _resubmitted(mine, form, state)
         if stage != "escalated":
             raise ReviewError(f"the panel of this item is closed (stage {stage})", 409)
-        if form.round != state.round:
-            raise ReviewError(f"the CoT changed (now revision {state.round}): reload and score the new one", 409)
+        item = get_item(conn, item_id)
+        current = item_revision(conn, item)
+        if form.round != state.round or (form.revision is not None and form.revision != current):
+            raise ReviewError(f"the item changed (now round {state.round}): reload and score the new text", 409)
+        check_revision(form.revision, current)
         if state.status == "regenerate":
             raise ReviewError("a regeneration is pending for this item", 409)
-        _store_scores(conn, item_id, user, form)
+        if form.answer is None or form.answer not in item.options:
+            raise ReviewError(f"answer {form.answer!r} is not one of the options {sorted(item.options)}")
+        if form.action == "accept":
+            bad = policy_problems(form.scores, cfg.rubric_policy.min_score, cfg.rubric_policy.required)
+            if bad:
+                raise ReviewError("'accept' is incompatible with these rubric scores: " + "; ".join(bad) +
+                                  ". Choose another action, or correct the scores.")
+        _store_scores(conn, item_id, user, form, current)
         if form.action == "revise":
             return _revise(conn, item_id, user, form, cfg)
         return resolve(conn, item_id, cfg)
@@ -94,23 +117,34 @@ def _resubmitted(mine: dict[str, Any], form: PanelInput, state: PanelState) -> s
     raise ReviewError("you already scored this revision", 409)
 
 
-def _store_scores(conn: Connection, item_id: str, user: User, form: PanelInput) -> None:
-    conn.execute(insert(RubricScoreRow), [{"item_id": item_id, "user_id": user.id, "round": form.round,
-                                           "dimension": d, "score": form.scores[d]} for d in RUBRIC_DIMENSIONS])
+def _store_scores(conn: Connection, item_id: str, user: User, form: PanelInput, revision: str) -> None:
+    version = load_standard().version
+    conn.execute(insert(RubricScoreRow), [{"item_id": item_id, "user_id": user.id, "round": form.round, "phase": "panel",
+                                           "dimension": d, "score": form.scores[d], "revision_hash": revision,
+                                           "standard_version": version} for d in RUBRIC_DIMENSIONS])
     conn.execute(insert(DecisionRow).values(item_id=item_id, user_id=user.id, kind=form.action, details={
         "round": form.round, "answer": form.answer, "feedback": form.feedback[:4000], "comment": form.comment[:4000],
-        "scores": form.scores}))
+        "scores": form.scores, "revision_hash": revision, "blind": True, "difficulty": form.difficulty,
+        "cognitive_level": form.cognitive_level, "standard_version": version,
+        "proposal": form.action == "revise"}))
     log(conn, Event(kind="panel_submitted", item_id=item_id, stage="panel", actor=user.name, actor_kind=user.kind,
                     payload={"round": form.round, "action": form.action}))
 
 
 def _revise(conn: Connection, item_id: str, user: User, form: PanelInput, cfg: ReviewConfig) -> str:
+    """A panelist's repair: question, options and key as well as the CoT. The editor stops scoring this item;
+    a changed question, option or key sends it through five-strike again before the panel judges it afresh."""
     item = get_item(conn, item_id)
-    if not save_cot(conn, item, form.revised_cot or "", user, kind="edit", call_id=None, reasoning=None,
-                    prompt_version="human-edit", finish_reason="stop"):
-        raise ReviewError("the revised CoT is identical to the current one")
+    edits = effective_edits(conn, item, Edits(question=form.edits.question, options=form.edits.options,
+                                              answer=form.edits.answer, cot=form.revised_cot))
+    if not edits.any():
+        raise ReviewError("the revision is identical to the current text")
+    changed = apply_edits(conn, item, edits, user)
     people = assigning.pool(conn, cfg, "panel")
     assigning.assign(conn, [item_id], "panel", cfg.panel.panelists_per_item, people)
+    if set(changed) & {"question", "options", "answer"}:
+        reconcile(conn, item_id, changed, cfg, f"repaired by panelist {user.name}: {', '.join(changed)} changed")
+        return "restrike"
     return "revised"
 
 

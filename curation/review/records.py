@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from medcot.review_tables import BINARY_DIMENSIONS, RUBRIC_DIMENSIONS
+from medcot.review_tables import BINARY_DIMENSIONS, COGNITIVE_LEVELS, DIFFICULTIES, RUBRIC_DIMENSIONS
 
 PANEL_ACTIONS = ("accept", "revise", "regenerate", "discard")
 OUTCOMES = ("approved", "adjudication", "removed")
@@ -38,7 +38,8 @@ class User:
 
 @dataclass(slots=True)
 class Edits:
-    """In-place edits made with a review: only the fields that are set are changed."""
+    """Changes to an item's text: only the fields that are set change. In the initial review they are a private
+    proposal (never applied by the review itself); the panel and adjudication apply them as a new revision."""
 
     question: str | None = None
     options: dict[str, str] | None = None
@@ -57,10 +58,13 @@ class ReviewInput:
     correctness: int
     sufficiency: int
     answer: str | None  # the letter the reviewer holds correct
-    approve: bool  # approves the (possibly edited) wording
+    approve: bool  # approves the text of `revision` (with edits: approves it only as changed by the proposal)
     comment: str = ""
-    base_revision: int | None = None  # content revisions seen when the form was loaded (None = do not check)
+    revision: str | None = None  # content hash of the revision the form showed; a submission without it is refused
     edits: Edits = field(default_factory=Edits)
+    scores: dict[str, int] | None = None  # the five rubric dimensions 0-2 (required when review.rubric is "all")
+    difficulty: str | None = None  # DIFFICULTIES
+    cognitive_level: str | None = None  # COGNITIVE_LEVELS
 
     def __post_init__(self) -> None:
         for dim in BINARY_DIMENSIONS:
@@ -68,6 +72,7 @@ class ReviewInput:
                 raise ReviewError(f"{dim} must be 1 or 0")
         if self.answer is not None and (len(self.answer) != 1 or not self.answer.isalpha()):
             raise ReviewError("answer must be one option letter")
+        check_labels(self.scores, self.difficulty, self.cognitive_level)
 
 
 @dataclass(slots=True)
@@ -80,19 +85,37 @@ class PanelInput:
     answer: str | None
     feedback: str = ""
     comment: str = ""
-    revised_cot: str | None = None  # required for action "revise"
+    revised_cot: str | None = None  # action "revise": the new CoT (and/or `edits` of question, options, key)
+    revision: str | None = None  # content hash of the revision the form showed
+    edits: Edits = field(default_factory=Edits)  # action "revise": repaired question / options / key
+    difficulty: str | None = None
+    cognitive_level: str | None = None
 
     def __post_init__(self) -> None:
-        if set(self.scores) != set(RUBRIC_DIMENSIONS):
-            raise ReviewError(f"scores must cover exactly {', '.join(RUBRIC_DIMENSIONS)}")
-        if any(v not in (0, 1, 2) for v in self.scores.values()):
-            raise ReviewError("rubric scores are 0, 1 or 2")
+        check_labels(self.scores, self.difficulty, self.cognitive_level)
         if self.action not in PANEL_ACTIONS:
             raise ReviewError(f"action must be one of {', '.join(PANEL_ACTIONS)}")
-        if self.action == "revise" and not (self.revised_cot or "").strip():
-            raise ReviewError("action 'revise' needs the revised chain of thought")
+        if self.edits.cot is not None:
+            raise ReviewError("the panel's revised CoT goes in revised_cot")
+        if self.action == "revise" and not (self.revised_cot or "").strip() and not self.edits.any():
+            raise ReviewError("action 'revise' needs the revised chain of thought or a repaired question, options "
+                              "or key")
+        if self.action != "revise" and (self.edits.any() or (self.revised_cot or "").strip()):
+            raise ReviewError("changes to the text go with action 'revise'")
         if self.action == "regenerate" and not self.feedback.strip():
             raise ReviewError("a regeneration request needs feedback for the model")
+
+
+def check_labels(scores: dict[str, int] | None, difficulty: str | None, cognitive_level: str | None) -> None:
+    if scores is not None:
+        if set(scores) != set(RUBRIC_DIMENSIONS):
+            raise ReviewError(f"scores must cover exactly {', '.join(RUBRIC_DIMENSIONS)}")
+        if any(v not in (0, 1, 2) or isinstance(v, bool) for v in scores.values()):
+            raise ReviewError("rubric scores are 0, 1 or 2")
+    if difficulty is not None and difficulty not in DIFFICULTIES:
+        raise ReviewError(f"difficulty must be one of {', '.join(DIFFICULTIES)}")
+    if cognitive_level is not None and cognitive_level not in COGNITIVE_LEVELS:
+        raise ReviewError(f"cognitive level must be one of {', '.join(COGNITIVE_LEVELS)}")
 
 
 @dataclass(slots=True)
@@ -104,9 +127,10 @@ class Vote:
     kind: str
     phase: str  # review | panel | adjudication
     answer: str | None
-    approve: bool  # agrees with the key AND approves the wording (AND all binary judgements, if required)
-    fresh: bool  # cast on the current wording / CoT revision
+    approve: bool  # an approval under the invariant, revision aside (curation.review.invariant)
+    fresh: bool  # cast on the current revision (content hash of question, options, key, CoT)
     reason: str = ""
+    proposal: bool = False  # the voter proposed a change (to be reconciled)
 
     @property
     def counts_as_approval(self) -> bool:
@@ -114,7 +138,7 @@ class Vote:
 
     def as_dict(self) -> dict[str, Any]:
         return {"user": self.user, "kind": self.kind, "phase": self.phase, "answer": self.answer,
-                "approve": self.approve, "fresh": self.fresh, "reason": self.reason}
+                "approve": self.approve, "fresh": self.fresh, "reason": self.reason, "proposal": self.proposal}
 
 
 @dataclass(slots=True)

@@ -96,18 +96,28 @@ def register(app: FastAPI, s: ReviewApp) -> None:  # noqa: C901 (a flat list of 
     @app.get("/items/{item_id}/review")
     async def review_page(request: Request, item_id: str) -> Response:
         user = need_user(request)
+        rubric = s.cfg.review.rubric == "all"
         with s.store.engine.connect() as conn:
-            ctx = views.review_context(conn, item_id, user)
+            ctx = views.review_context(conn, item_id, user, rubric)
         s.audit(user, "item_viewed", item_id, phase="review")
-        return s.render(request, "review.html", me=user, **ctx, message=request.query_params.get("m"))
+        return s.render(request, "review.html", me=user, **ctx, typed={}, message=request.query_params.get("m"))
 
     @app.post("/items/{item_id}/review")
     async def review_submit(request: Request, item_id: str) -> Response:
         user = need_user(request)
         data = await s.form(request)
         letters = _letters(s, item_id)  # the submission code checks the assignment itself (404)
-        result = submit_review(s.store, item_id, user, forms.review_input(data, letters, allow_edits=True),
-                               s.cfg.review, actor_note="web")
+        rubric = s.cfg.review.rubric == "all"
+        try:
+            result = submit_review(s.store, item_id, user, forms.review_input(data, letters, True, rubric),
+                                   s.cfg.review, actor_note="web")
+        except ReviewError as exc:
+            if exc.status not in (400, 409):
+                raise
+            with s.store.engine.connect() as conn:  # the form again, with what the reviewer typed and why
+                ctx = views.review_context(conn, item_id, user, rubric)
+            return s.render(request, "review.html", status=exc.status, me=user, **ctx, typed=dict(data),
+                            error=str(exc))
         note = "saved" if result.status == "stored" else "already saved"
         return RedirectResponse(f"/items/{quote(item_id)}/review?m={quote(note)}", status_code=303)
 
@@ -118,7 +128,7 @@ def register(app: FastAPI, s: ReviewApp) -> None:  # noqa: C901 (a flat list of 
         with s.store.engine.connect() as conn:
             ctx = views.panel_context(conn, item_id, user, s.cfg.review)
         s.audit(user, "item_viewed", item_id, phase="panel")
-        return s.render(request, "panel.html", me=user, **ctx, message=request.query_params.get("m"))
+        return s.render(request, "panel.html", me=user, **ctx, typed={}, message=request.query_params.get("m"))
 
     @app.post("/items/{item_id}/panel")
     async def panel_submit(request: Request, item_id: str) -> Response:
@@ -139,14 +149,15 @@ def register(app: FastAPI, s: ReviewApp) -> None:  # noqa: C901 (a flat list of 
             ctx = views.full_context(conn, item_id)
             mine = views.own_review(conn, item_id, user, "adjudication")
         s.audit(user, "item_viewed", item_id, phase="adjudication")
-        return s.render(request, "adjudicate.html", me=user, **ctx, mine=mine, message=request.query_params.get("m"))
+        return s.render(request, "adjudicate.html", me=user, **ctx, mine=mine, typed={},
+                        message=request.query_params.get("m"))
 
     @app.post("/items/{item_id}/adjudicate")
     async def adjudicate_submit(request: Request, item_id: str) -> Response:
         user = need_user(request)
         data = await s.form(request)
         letters = _letters(s, item_id)  # the submission code checks the assignment itself (404)
-        result = submit_adjudication(s.store, item_id, user, forms.review_input(data, letters, allow_edits=False),
+        result = submit_adjudication(s.store, item_id, user, forms.review_input(data, letters, allow_edits=True),
                                      s.cfg.review)
         note = f"{result.outcome}: {result.reason}" if result.outcome else result.status
         return RedirectResponse(f"/items/{quote(item_id)}/adjudicate?m={quote(note)}", status_code=303)

@@ -22,11 +22,12 @@ def sample_cot(letter: str, extra: str = "") -> str:
             f"{extra}\nAnswer: {letter}")
 
 
-def add_items(store: Store, n: int, prefix: str = "q", cot_extra: str = "", key: str = "C") -> list[str]:
+def add_items(store: Store, n: int, prefix: str = "q", cot_extra: str = "", key: str = "C",
+              options: dict[str, str] | None = None) -> list[str]:
     """n items at stage "generated" with an initial CoT answering `key`."""
     items = [Item(id=f"{prefix}{i:04d}", family_id=f"{prefix}{i:04d}", language="en",
                   question=f"({prefix}{i}) Which drug is not used in pulseless arrest (AHA 2010)?",
-                  options=dict(OPTIONS), answer=key, source="sample") for i in range(n)]
+                  options=dict(options or OPTIONS), answer=key, source="sample") for i in range(n)]
     store.add_items(items)
     for it in items:
         text = sample_cot(key, cot_extra)
@@ -68,6 +69,10 @@ def add_users(store: Store, password: str, reviewers: int = 2, panelists: int = 
     return users
 
 
+ALL2 = {d: 2 for d in ("medical_correctness", "reasoning_structure", "information_sufficiency",
+                       "terminology_clarity", "clinical_utility")}
+
+
 class ScriptedJudge:
     """A responder for medcot.scripted_server.ScriptedServer that plays the LLM judge and the regenerating
     model in tests: `review(persona, user_text)` / `panel(persona, user_text)` return the judgement dicts
@@ -83,14 +88,14 @@ class ScriptedJudge:
         m = re.search(r"(?:Answer key|标准答案)[:：]\s*([A-E])", user_text)
         return m.group(1) if m else "A"
 
+    LABELS = {"difficulty": "moderate", "cognitive_level": "interpretation"}
+
     def review(self, persona: str, user_text: str) -> dict:
         return {"relevance": 1, "correctness": 1, "sufficiency": 1, "answer": self.key(user_text), "approve": True,
-                "comment": f"fine ({persona})"}
+                "comment": f"fine ({persona})"} | ALL2 | self.LABELS
 
     def panel(self, persona: str, user_text: str) -> dict:
-        return {d: 2 for d in ("medical_correctness", "reasoning_structure", "information_sufficiency",
-                               "terminology_clarity", "clinical_utility")} | {
-            "action": "accept", "answer": self.key(user_text), "feedback": ""}
+        return ALL2 | self.LABELS | {"action": "accept", "answer": self.key(user_text), "feedback": ""}
 
     def __call__(self, body: dict) -> str:
         import json

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from curation.review import assign as assigning
 from curation.review.auth import list_users
 from curation.review.consensus import decide, escalate, run_consensus
-from curation.review.items import attempts, current_cot, get_item
+from curation.review.items import attempts, current_cot, get_item, item_revision, revision_count
 from curation.review.judge import Judge, JudgeResult
 from curation.review.panel import panel_state, pending_regenerations, regenerate, submit_panel
 from curation.review.records import PanelInput, ReviewError, ReviewInput, User
@@ -58,15 +58,20 @@ async def _automated_reviews(ctx: RunContext, judges: list[User]) -> Counter[str
 
     async def one(item: Item, user: User, index: int) -> None:
         with ctx.store.engine.connect() as conn:
-            cot = current_cot(conn, item.id)
-        res = await judge.review(item, cot["cot"] if cot else "", index)
+            cot, revision = current_cot(conn, item.id), item_revision(conn, item)
+        res = await judge.review(item, cot["cot"] if cot else "", index, revision)
         if not res.ok:
             _failed(ctx.store, item.id, user, "review", res)
             counts["judge_failed"] += 1
             return
         assert isinstance(res.form, ReviewInput)
         res.form.comment = f"[automated: {user.name}] {res.form.comment}"
-        submit_review(ctx.store, item.id, user, res.form, ctx.cfg.review, actor_note="llm-judge")
+        try:
+            submit_review(ctx.store, item.id, user, res.form, ctx.cfg.review, actor_note="llm-judge")
+        except ReviewError as exc:  # e.g. the item changed meanwhile: logged, judged again on the next run
+            counts["refused"] += 1
+            log_conflict(ctx.store, item.id, user, str(exc))
+            return
         counts["judged"] += 1
 
     await gather_all([one(*p) for p in _pending_reviews(ctx.store, judges)], desc="automated review",
@@ -148,8 +153,8 @@ async def _automated_panel(ctx: RunContext, judges: list[User]) -> Counter[str]:
     async def one(item_id: str, user: User) -> None:
         with ctx.store.engine.connect() as conn:
             item, cot, hist = get_item(conn, item_id), current_cot(conn, item_id), attempts(conn, item_id)
-        rnd = int(cot["revision"]) if cot else 0
-        res = await judge.panel(item, cot["cot"] if cot else "", hist, rnd, index[user.id])
+            rnd, revision = revision_count(conn, item_id), item_revision(conn, item)
+        res = await judge.panel(item, cot["cot"] if cot else "", hist, rnd, index[user.id], revision)
         if not res.ok:
             _failed(ctx.store, item_id, user, "panel", res)
             counts["judge_failed"] += 1

@@ -1,6 +1,11 @@
 """Review statistics from the store: agreement (Cohen per reviewer pair, Fleiss on the binary review,
 Krippendorff's ordinal alpha per rubric dimension), progress per stage and per reviewer, validation counts.
-`raters="human"` (default) measures the experts only; `raters="all"` includes automated reviewers."""
+`raters="human"` (default) measures the experts only; `raters="all"` includes automated reviewers.
+
+Every coefficient comes with raw percent agreement and Gwet's AC1 beside it and a bootstrap interval over items
+(`agreement` section): approval prevalence is high, and kappa alone then looks poor while raters agree (the
+kappa paradox). Unequal numbers of raters per item are kept (generalised Fleiss, alpha), and any item that
+cannot count (fewer than two ratings) is reported as dropped, never silently."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -10,7 +15,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from curation.review.agreement import cohen_kappa, fleiss_from_ratings, krippendorff_alpha
+from curation.review.agreement import cohen_kappa, fleiss_unequal, krippendorff_alpha
+from curation.review.agreement_ci import agreement_summary
 from medcot.db import ItemRow
 from medcot.review_tables import (
     BINARY_DIMENSIONS,
@@ -60,27 +66,44 @@ def pair_kappas(by_item: dict[str, dict[str, dict[str, int]]]) -> list[dict[str,
 
 
 def fleiss_binary(by_item: dict[str, dict[str, dict[str, int]]]) -> dict[str, Any]:
-    """Fleiss' kappa per judgement over the items with the most common number of reviews (>= 2)."""
+    """Fleiss' kappa per judgement over every item with >= 2 reviews (generalised to unequal rater counts;
+    equal to Fleiss' own formula when the counts are equal); items with one review are counted as dropped."""
     sizes = Counter(len(v) for v in by_item.values() if len(v) >= 2)
     if not sizes:
-        return {"raters_per_item": None, "items": 0, **{f: None for f in REVIEW_FIELDS}}
-    k = max(sizes, key=lambda s: (sizes[s], s))
-    items = [v for v in by_item.values() if len(v) == k]
-    return {"raters_per_item": k, "items": len(items),
-            **{f: fleiss_from_ratings([[r[f] for r in v.values()] for v in items]) for f in REVIEW_FIELDS}}
+        return {"raters_per_item": None, "items": 0, "items_dropped": len(by_item), **{f: None for f in REVIEW_FIELDS}}
+    raters: int | str = min(sizes) if len(sizes) == 1 else f"{min(sizes)}-{max(sizes)}"
+    out: dict[str, Any] = {"raters_per_item": raters}
+    for f in REVIEW_FIELDS:
+        res = fleiss_unequal([[r[f] for r in v.values()] for v in by_item.values()])
+        out[f] = res.value
+        out["items"], out["items_dropped"] = res.items_used, res.items_dropped
+    return out
+
+
+def agreement_intervals(by_item: dict[str, dict[str, dict[str, int]]], rubric: dict[str, list[list[int]]],
+                        resamples: int = 1000) -> dict[str, Any]:
+    """Percent agreement, Fleiss' kappa, Gwet's AC1 and Krippendorff's alpha with 95% bootstrap intervals over
+    items: per binary judgement of the initial review (nominal) and per rubric dimension (ordinal)."""
+    review = {f: agreement_summary([[r[f] for r in v.values()] for v in by_item.values()], categories=(0, 1),
+                                   resamples=resamples) for f in REVIEW_FIELDS}
+    scores = {d: agreement_summary(units, categories=(0, 1, 2), level="ordinal", resamples=resamples)
+              for d, units in rubric.items()}
+    return {"review": review, "rubric": scores}
 
 
 def rubric_alpha(conn: Connection, kinds: tuple[str, ...]) -> dict[str, Any]:
-    """Krippendorff's alpha (ordinal) per rubric dimension; a unit is (item, round)."""
-    units: dict[str, dict[tuple[str, int], list[int]]] = {d: defaultdict(list) for d in RUBRIC_DIMENSIONS}
-    rows = conn.execute(select(RubricScoreRow.item_id, RubricScoreRow.round, RubricScoreRow.dimension,
-                               RubricScoreRow.score).join(UserRow, UserRow.id == RubricScoreRow.user_id)
-                        .where(UserRow.kind.in_(kinds)))
-    for item_id, rnd, dim, score in rows:
+    """Krippendorff's alpha (ordinal) per rubric dimension over every rated item: a unit is one revision of an
+    item (its content hash), scored by initial reviewers and panelists alike; alpha handles unequal rater counts."""
+    units: dict[str, dict[tuple[str, str], list[int]]] = {d: defaultdict(list) for d in RUBRIC_DIMENSIONS}
+    rows = conn.execute(select(RubricScoreRow.item_id, RubricScoreRow.round, RubricScoreRow.revision_hash,
+                               RubricScoreRow.dimension, RubricScoreRow.score)
+                        .join(UserRow, UserRow.id == RubricScoreRow.user_id).where(UserRow.kind.in_(kinds)))
+    for item_id, rnd, revision, dim, score in rows:
         if dim in units:
-            units[dim][(item_id, rnd)].append(score)
+            units[dim][(item_id, revision or f"round {rnd}")].append(score)
     return {d: {"alpha": krippendorff_alpha(list(u.values()), "ordinal"),
-                "units": sum(1 for v in u.values() if len(v) >= 2)} for d, u in units.items()}
+                "units": sum(1 for v in u.values() if len(v) >= 2), "ratings": list(u.values())}
+            for d, u in units.items()}
 
 
 def progress(conn: Connection) -> dict[str, Any]:
@@ -95,7 +118,8 @@ def progress(conn: Connection) -> dict[str, Any]:
                                        .group_by(UserRow.name, ReviewRow.phase)):
         per[name][phase]["done"] = n
     for name, n in conn.execute(select(UserRow.name, func.count(func.distinct(RubricScoreRow.item_id)))
-                                .join(UserRow, UserRow.id == RubricScoreRow.user_id).group_by(UserRow.name)):
+                                .join(UserRow, UserRow.id == RubricScoreRow.user_id)
+                                .where(RubricScoreRow.phase == "panel").group_by(UserRow.name)):
         per[name]["panel"]["done"] = n
     return {"stages": stages, "reviewers": {k: dict(v) for k, v in sorted(per.items())}}
 
@@ -110,9 +134,15 @@ def validation_counts(conn: Connection) -> dict[str, int]:
 def collect(conn: Connection, raters: str = "human") -> dict[str, Any]:
     kinds = _kinds(raters)
     by_item = _reviews(conn, kinds)
+    alpha = rubric_alpha(conn, kinds)
+    ratings = {d: v.pop("ratings") for d, v in alpha.items()}
     return {"raters": raters, "cohen_pairs": pair_kappas(by_item), "fleiss": fleiss_binary(by_item),
-            "krippendorff_rubric": rubric_alpha(conn, kinds), "progress": progress(conn),
-            "validation": validation_counts(conn)}
+            "krippendorff_rubric": alpha, "agreement": agreement_intervals(by_item, ratings),
+            "progress": progress(conn), "validation": validation_counts(conn)}
+
+
+def fmt_ci(v: dict[str, Any]) -> str:
+    return f"{fmt(v['estimate'])} [{fmt(v['low'])}, {fmt(v['high'])}]"
 
 
 def fmt(x: float | None) -> str:
@@ -132,6 +162,13 @@ def render_text(s: dict[str, Any]) -> str:
               "Krippendorff's alpha (ordinal) per rubric dimension:"]
     for d, v in s["krippendorff_rubric"].items():
         lines.append(f"  {d}: {fmt(v['alpha'])} ({v['units']} units)")
+    lines += ["", "With 95% bootstrap intervals over items (percent agreement beside kappa: high prevalence makes "
+              "kappa low even when raters agree):"]
+    for part, rows in s["agreement"].items():
+        for name, a in rows.items():
+            lines.append(f"  {part} {name} ({a['n_items_used']} items, {a['items_dropped']} dropped): agreement "
+                         f"{fmt_ci(a['percent_agreement'])}, Fleiss {fmt_ci(a['fleiss_kappa'])}, AC1 "
+                         f"{fmt_ci(a['gwet_ac1'])}, alpha {fmt_ci(a['krippendorff_alpha'])}")
     lines += ["", "Items per stage: " + ", ".join(f"{k} {v}" for k, v in sorted(s["progress"]["stages"].items())),
               "", "Per reviewer (phase: done/assigned):"]
     for name, phases in s["progress"]["reviewers"].items():

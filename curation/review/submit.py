@@ -1,8 +1,9 @@
 """Submissions of the initial review (paper 2.3.1) and of adjudication verdicts (2.3.5).
 
-One function per kind of submission, used by every route (web form, LLM judge, Label Studio import), each
-in ONE transaction under the item's lock: check the assignment, the phase, duplicates and the revision the
-form was loaded on; apply edits as revisions; store the review; log the audit events; advance the item.
+One function per kind of submission, used by every route (web form, JSON API, LLM judge, Label Studio import,
+CLI), each in ONE transaction under the item's lock: check the assignment, the phase, duplicates and the
+revision judged (a content hash: missing or stale is refused); store the vote with that revision; log the
+audit events; advance the item. Initial-review edits are private proposals, never applied by the review.
 """
 from __future__ import annotations
 
@@ -12,21 +13,24 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
 from curation.review.assign import is_assigned
-from curation.review.consensus import decide, record_outcome, review_votes, verdict
+from curation.review.consensus import decide, reconcile, record_outcome, review_votes, send_to_panel, verdict
 from curation.review.items import (
     apply_edits,
     editors,
     effective_edits,
     get_item,
+    item_revision,
     lock_item,
     log,
+    proposal_dict,
     revision_count,
     set_stage,
 )
-from curation.review.records import PANEL_ACTIONS, ReviewError, ReviewInput, User
+from curation.review.records import PANEL_ACTIONS, Edits, ReviewError, ReviewInput, User
+from curation.review.standard import load_standard, policy_problems
 from medcot.config import ReviewConfig
 from medcot.records import Event, Item
-from medcot.review_tables import AssignmentRow, DecisionRow, ReviewRow
+from medcot.review_tables import RUBRIC_DIMENSIONS, AssignmentRow, DecisionRow, ReviewRow, RubricScoreRow
 from medcot.store import Store
 
 _FIELDS = ("relevance", "correctness", "sufficiency", "answer", "approve", "comment")
@@ -47,14 +51,24 @@ def _existing(conn: Connection, item_id: str, user_id: int, phase: str) -> dict 
     return dict(row) if row else None
 
 
-def _same(row: dict, form: ReviewInput) -> bool:
-    return all(row[f] == getattr(form, f) for f in _FIELDS) and not form.edits.any()
+def _same(row: dict, form: ReviewInput, proposal: dict | None) -> bool:
+    return all(row[f] == getattr(form, f) for f in _FIELDS) and (row.get("proposal") or None) == proposal
 
 
-def _insert_review(conn: Connection, item_id: str, user: User, form: ReviewInput, phase: str) -> None:
-    conn.execute(insert(ReviewRow).values(item_id=item_id, user_id=user.id, phase=phase, relevance=form.relevance,
+def _insert_review(conn: Connection, item: Item, user: User, form: ReviewInput, phase: str, revision: str,
+                   proposal: dict | None, blind: bool) -> None:
+    version = load_standard().version if (form.scores or form.difficulty or form.cognitive_level) else None
+    conn.execute(insert(ReviewRow).values(item_id=item.id, user_id=user.id, phase=phase, relevance=form.relevance,
                                           correctness=form.correctness, sufficiency=form.sufficiency,
-                                          answer=form.answer, approve=form.approve, comment=form.comment[:5000]))
+                                          answer=form.answer, approve=form.approve, comment=form.comment[:5000],
+                                          revision_hash=revision, blind=blind, proposal=proposal,
+                                          difficulty=form.difficulty, cognitive_level=form.cognitive_level,
+                                          standard_version=version))
+    if form.scores:
+        conn.execute(insert(RubricScoreRow), [
+            {"item_id": item.id, "user_id": user.id, "phase": "review", "round": revision_count(conn, item.id),
+             "dimension": d, "score": form.scores[d], "revision_hash": revision, "standard_version": version}
+            for d in RUBRIC_DIMENSIONS])
 
 
 def _review_slots(conn: Connection, item_id: str) -> dict[int, dict | None]:
@@ -66,37 +80,71 @@ def _review_slots(conn: Connection, item_id: str) -> dict[int, dict | None]:
     return {r[0]: (dict(r._mapping) if r._mapping["id"] is not None else None) for r in rows}
 
 
+def check_revision(given: str | None, current: str) -> None:
+    """Every submission names the revision it judged; a missing or stale one is refused (409)."""
+    if given is None:
+        raise ReviewError("the submission does not say which revision of the item it judged: reload the item", 409)
+    if given != current:
+        raise ReviewError("the item changed since you opened it: reload it and judge the new text", 409)
+
+
+def check_rubric(form: ReviewInput, cfg: ReviewConfig, required: bool) -> None:
+    """The rubric (and difficulty, cognitive level) is part of every initial review when review.rubric is all;
+    an approval whose scores the rubric policy rules out is incoherent and refused, saying why."""
+    if required and (form.scores is None or form.difficulty is None or form.cognitive_level is None):
+        missing = [n for n, v in (("rubric scores", form.scores), ("difficulty", form.difficulty),
+                                  ("cognitive level", form.cognitive_level)) if v is None]
+        raise ReviewError(f"missing {', '.join(missing)}: every item is scored on the five dimensions")
+    if form.approve and form.scores:
+        bad = policy_problems(form.scores, cfg.rubric_policy.min_score, cfg.rubric_policy.required)
+        if bad:
+            raise ReviewError("an approval is incompatible with these rubric scores: " + "; ".join(bad) +
+                              ". Do not approve, or correct the scores.")
+
+
 def submit_review(store: Store, item_id: str, user: User, form: ReviewInput, cfg: ReviewConfig,
                   actor_note: str = "") -> SubmitResult:
-    """A reviewer's initial review, with optional in-place edits (saved as revisions)."""
+    """A reviewer's blind initial review of the base revision. Edits are a PRIVATE proposal stored with the
+    review; nothing about the item changes, so every assigned reviewer judges the same text."""
     with store.transaction() as conn:
         stage = lock_item(conn, item_id)
         slots = _review_slots(conn, item_id)
         if user.id not in slots:
             raise ReviewError("no such review assignment", 404)
         item = get_item(conn, item_id)
-        if form.edits.any():
-            form.edits = effective_edits(conn, item, form.edits)
+        current = item_revision(conn, item)
+        edits = effective_edits(conn, item, form.edits) if form.edits.any() else Edits()
+        _check_proposal(item, edits)
+        proposal = proposal_dict(edits)
         existing = slots[user.id]
         if existing is not None:
-            if _same(existing, form):
+            if _same(existing, form, proposal):
                 return SubmitResult("already", stage)
             raise ReviewError("you already reviewed this item; reviews are final", 409)
         if stage != "generated":
             raise ReviewError(f"the initial review of this item is closed (stage {stage})", 409)
-        if form.base_revision is not None and form.base_revision != revision_count(conn, item_id):
-            raise ReviewError("the item was edited since you opened it: reload it and review the new text", 409)
-        changed = apply_edits(conn, item, form.edits, user) if form.edits.any() else []
-        if changed:
-            item = get_item(conn, item_id)
-        if form.answer is not None and form.answer not in item.options:
+        check_revision(form.revision, current)
+        if form.answer is None or form.answer not in item.options:
             raise ReviewError(f"answer {form.answer!r} is not one of the options {sorted(item.options)}")
-        _insert_review(conn, item_id, user, form, "review")
+        check_rubric(form, cfg, required=cfg.rubric == "all")
+        _insert_review(conn, item, user, form, "review", current, proposal, blind=True)
         log(conn, Event(kind="review_submitted", item_id=item_id, stage="review", actor=user.name,
-                        actor_kind=user.kind, payload={"phase": "review", "edited": changed, "via": actor_note}))
+                        actor_kind=user.kind, payload={"phase": "review", "proposed": sorted(proposal or {}),
+                                                       "via": actor_note}))
         slots[user.id] = {}
         new_stage = _complete_review(conn, item, slots, cfg)
-    return SubmitResult("stored", new_stage, changed)
+    return SubmitResult("stored", new_stage, sorted(proposal or {}))
+
+
+def _check_proposal(item: Item, edits: Edits) -> None:
+    if edits.options is not None:
+        if set(edits.options) != set(item.options):
+            raise ReviewError("edits keep the option letters: change the text, not the set of options")
+        if not all(edits.options.values()):
+            raise ReviewError("an option cannot be empty")
+    final = edits.options or item.options
+    if edits.answer is not None and edits.answer not in final:
+        raise ReviewError(f"the key {edits.answer!r} is not one of the options {sorted(final)}")
 
 
 def _complete_review(conn: Connection, item: Item, slots: dict[int, dict | None], cfg: ReviewConfig) -> str:
@@ -125,26 +173,39 @@ def may_adjudicate(conn: Connection, item_id: str, user: User) -> bool:
 
 
 def submit_adjudication(store: Store, item_id: str, user: User, form: ReviewInput, cfg: ReviewConfig) -> SubmitResult:
-    """An adjudicator's verdict (an admin, or a third expert assigned to it); consensus decides at once."""
+    """Reconciliation by an adjudicator (an admin, or a third expert assigned to it), who sees every vote and
+    proposal, so their verdict is never a blind approval. Reject: the item is removed. Approve as is: approved
+    if the blind approvals already on this revision suffice, else the panel confirms it. Approve with edits
+    (adopting a proposal or their own): a new revision, re-checked by five-strike when question, options or key
+    changed, then judged afresh by the panel."""
     with store.transaction() as conn:
         stage = lock_item(conn, item_id)
-        form.edits = effective_edits(conn, get_item(conn, item_id), form.edits)
+        item = get_item(conn, item_id)
+        edits = effective_edits(conn, item, form.edits)
         existing = _existing(conn, item_id, user.id, "adjudication")
         if existing is not None:
-            if _same(existing, form):
+            if _same(existing, form, proposal_dict(edits)):
                 return SubmitResult("already", stage)
             raise ReviewError("you already adjudicated this item", 409)
         if not may_adjudicate(conn, item_id, user):
             raise ReviewError("no such adjudication assignment", 404)
         if stage != "adjudication":
             raise ReviewError(f"item is not awaiting adjudication (stage {stage})", 409)
-        if form.edits.any():
-            raise ReviewError("adjudication decides on the current text; it does not edit it")
-        if form.answer is not None and form.answer not in get_item(conn, item_id).options:
+        current = item_revision(conn, item)
+        check_revision(form.revision, current)
+        _check_proposal(item, edits)
+        if form.answer is None or form.answer not in item.options:
             raise ReviewError(f"answer {form.answer!r} is not one of the options")
-        _insert_review(conn, item_id, user, form, "adjudication")
+        _insert_review(conn, item, user, form, "adjudication", current, proposal_dict(edits), blind=False)
         log(conn, Event(kind="review_submitted", item_id=item_id, stage="consensus", actor=user.name,
-                        actor_kind=user.kind, payload={"phase": "adjudication"}))
+                        actor_kind=user.kind, payload={"phase": "adjudication", "edits": sorted(proposal_dict(edits) or {})}))
+        if form.approve and edits.any():
+            changed = apply_edits(conn, item, edits, user)
+            kind = reconcile(conn, item_id, changed, cfg, f"reconciled by {user.name}: {', '.join(changed)} changed")
+            return SubmitResult("stored", kind, changed, outcome=kind, reason="a new revision: judged afresh")
         out = decide(conn, get_item(conn, item_id), cfg)
+        if out.kind == "escalate":
+            send_to_panel(conn, item_id, out.reason, cfg)
+            return SubmitResult("stored", "escalated", outcome="escalated", reason=out.reason)
         done = record_outcome(conn, item_id, out.kind, cfg, actor=user)
     return SubmitResult("stored", done.kind, outcome=done.kind, reason=done.reason)

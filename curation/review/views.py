@@ -1,8 +1,9 @@
 """What each person may see of an item, as plain dicts for the templates and the JSON API.
 
-Blindness lives here: a reviewer sees the item and only THEIR OWN review; a panelist sees the five-strike
-history, the earlier (initial) reviews, the CoT revisions and only their own rubric scores; adjudicators and
-admins see everything. Who may open what is decided by `phase_access`, used by every page and API route.
+Blindness lives here: a reviewer sees the item's base revision and only THEIR OWN review (never another
+reviewer's verdict, answer, comment or proposal, nor how many revisions there were); a panelist sees the item,
+the model's five-strike history, the model's CoT versions and only their own rubric scores (never the initial
+reviewers' votes or proposals, never another panelist's scores); adjudicators and admins see everything. Who may open what is decided by `phase_access`, used by every page and API route.
 """
 from __future__ import annotations
 
@@ -13,9 +14,19 @@ from sqlalchemy.engine import Connection
 
 from curation.review.assign import is_assigned
 from curation.review.consensus import panel_decisions
-from curation.review.items import attempts, cot_history, current_cot, editors, get_item, revision_count, revisions
+from curation.review.items import (
+    attempts,
+    cot_history,
+    current_cot,
+    editors,
+    get_item,
+    item_revision,
+    revision_count,
+    revisions,
+)
 from curation.review.panel import panel_state
 from curation.review.records import ReviewError, User
+from curation.review.standard import load_standard
 from curation.review.submit import may_adjudicate
 from medcot.db import EventRow, ItemRow
 from medcot.review_tables import RUBRIC_DIMENSIONS, AssignmentRow, ReviewRow, RubricScoreRow, UserRow
@@ -39,7 +50,7 @@ def item_core(conn: Connection, item_id: str) -> dict[str, Any]:
     return {"id": item.id, "language": item.language, "question": item.question, "options": dict(sorted(item.options.items())),
             "key": item.answer, "stage": item.stage, "origin": item.origin, "specialty": item.specialty,
             "cot": cot["cot"] if cot else "", "cot_answer": cot["answer"] if cot else None,
-            "round": int(cot["revision"]) if cot else 0, "base_revision": revision_count(conn, item_id)}
+            "round": revision_count(conn, item_id), "revision": item_revision(conn, item)}
 
 
 def own_review(conn: Connection, item_id: str, user: User, phase: str) -> dict[str, Any] | None:
@@ -59,24 +70,30 @@ def reviews_of(conn: Connection, item_id: str, phase: str | None = None) -> list
 def own_scores(conn: Connection, item_id: str, user: User) -> dict[int, dict[str, int]]:
     out: dict[int, dict[str, int]] = {}
     for rnd, dim, score in conn.execute(select(RubricScoreRow.round, RubricScoreRow.dimension, RubricScoreRow.score)
-                                        .where(RubricScoreRow.item_id == item_id, RubricScoreRow.user_id == user.id)):
+                                        .where(RubricScoreRow.item_id == item_id, RubricScoreRow.user_id == user.id,
+                                               RubricScoreRow.phase == "panel")):
         out.setdefault(rnd, {})[dim] = score
     return out
 
 
 def all_scores(conn: Connection, item_id: str) -> list[dict[str, Any]]:
-    rows = conn.execute(select(RubricScoreRow.round, RubricScoreRow.dimension, RubricScoreRow.score, UserRow.name)
+    rows = conn.execute(select(RubricScoreRow.round, RubricScoreRow.dimension, RubricScoreRow.score, UserRow.name,
+                               RubricScoreRow.phase)
                         .join(UserRow, UserRow.id == RubricScoreRow.user_id)
                         .where(RubricScoreRow.item_id == item_id)).all()
-    table: dict[tuple[int, str], dict[str, Any]] = {}
-    for rnd, dim, score, name in rows:
-        table.setdefault((rnd, name), {"round": rnd, "user": name})[dim] = score
+    table: dict[tuple[int, str, str], dict[str, Any]] = {}
+    for rnd, dim, score, name, phase in rows:
+        table.setdefault((rnd, phase, name), {"round": rnd, "user": f"{name} ({phase})"})[dim] = score
     return [table[k] for k in sorted(table)]
 
 
-def review_context(conn: Connection, item_id: str, user: User) -> dict[str, Any]:
+def review_context(conn: Connection, item_id: str, user: User, rubric: bool = True) -> dict[str, Any]:
     phase_access(conn, item_id, user, "review")
-    return {"item": item_core(conn, item_id), "mine": own_review(conn, item_id, user, "review")}
+    item = item_core(conn, item_id)
+    mine = own_review(conn, item_id, user, "review")
+    if mine is not None and mine.get("revision_hash") and mine["revision_hash"] != item["revision"]:
+        mine["stale"] = True  # judged an earlier text (shown to the reviewer only as "your review")
+    return {"item": item, "mine": mine, "standard": load_standard().for_language(item["language"]) if rubric else None}
 
 
 def regeneration_error(conn: Connection, item_id: str) -> str | None:
@@ -92,8 +109,8 @@ def panel_context(conn: Connection, item_id: str, user: User, cfg: Any) -> dict[
     state = panel_state(conn, item_id, cfg)
     mine = state.submitted.get(user.id)
     return {"item": item_core(conn, item_id), "attempts": attempts(conn, item_id),
-            "earlier_reviews": reviews_of(conn, item_id, "review"), "cots": cot_history(conn, item_id),
-            "revisions": [r for r in revisions(conn, item_id) if r["field"] == "cot"],
+            "standard": load_standard().for_language(get_item(conn, item_id).language),
+            "cots": [c for c in cot_history(conn, item_id) if c["purpose"] != "edited"],  # the model's versions only
             "my_scores": own_scores(conn, item_id, user), "dimensions": RUBRIC_DIMENSIONS,
             "mine": mine, "panel_status": state.status, "editor": user.id in editors(conn, item_id),
             "pending_others": len([u for u in state.pending if u != user.id]),
@@ -115,13 +132,13 @@ def my_assignments(conn: Connection, user: User) -> list[dict[str, Any]]:
     done = {(r, p) for r, p in conn.execute(select(ReviewRow.item_id, ReviewRow.phase)
                                             .where(ReviewRow.user_id == user.id))}
     scored = {(r, p) for r, p in conn.execute(select(RubricScoreRow.item_id, RubricScoreRow.round)
-                                              .where(RubricScoreRow.user_id == user.id))}
+                                              .where(RubricScoreRow.user_id == user.id,
+                                                     RubricScoreRow.phase == "panel"))}
     out = []
     for r in rows:
         open_stage = {"review": "generated", "panel": "escalated", "adjudication": "adjudication"}[r["phase"]]
         if r["phase"] == "panel":
-            rnd = current_cot(conn, r["item_id"])
-            is_done = (r["item_id"], int(rnd["revision"]) if rnd else 0) in scored
+            is_done = (r["item_id"], revision_count(conn, r["item_id"])) in scored
         else:
             is_done = (r["item_id"], r["phase"]) in done
         out.append({"item_id": r["item_id"], "phase": r["phase"], "question": r["question"][:140],
@@ -135,6 +152,8 @@ def api_item(conn: Connection, item_id: str, user: User) -> dict[str, Any]:
     if not phases and user.role != "admin":
         raise ReviewError("not found", 404)
     core = item_core(conn, item_id)
+    if not ({"panel", "adjudication"} & set(phases)) and user.role != "admin":
+        core.pop("round")  # an initial reviewer never learns whether (or how often) the item was revised
     core["my_reviews"] = [_public_review(r) for r in reviews_of(conn, item_id) if r["user_id"] == user.id]
     core["phases"] = phases
     return core
