@@ -68,6 +68,25 @@ for _name, _doc in STAGE_COMMANDS.items():
     curate.add_command(_stage_command(_name, _doc))
 
 
+@curate.command("import-cot")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@store_option
+@config_option
+def import_cot(file: Path, store_url: str | None, config_path: str | None) -> None:
+    """Import items that already have a chain of thought (JSONL: id, question, options, answer, language, cot;
+    optional reasoning, model, source) at stage "generated", ready for review and five-strike, without
+    regenerating them. Seed rules apply; any error: exit 2 naming file, line and field, nothing written."""
+    from curation.import_cot import import_cots
+    from medcot.cli import EXIT_BAD_INPUT
+    from medcot.seeds import SeedError
+    from medcot.store import Store
+    cfg = get_config(config_path, store_url=store_url)
+    store = Store(cfg.store.url)
+    summary = run_guarded(import_cots, file, store,
+                          _errors=((SeedError, "CoT file rejected, nothing was written", EXIT_BAD_INPUT),))
+    click.echo(summary.line(file, store.url))
+
+
 def register(main: click.Group) -> None:
     main.add_command(seeds)
     main.add_command(curate)

@@ -28,12 +28,12 @@ from dataset_builder.integrity import ReleaseIntegrityError, check_release
 from dataset_builder.lmeval import write_task_folder
 from dataset_builder.neardup import NearDuplicate, find_near_duplicates
 from dataset_builder.rows import RowMaker
-from dataset_builder.snapshot import read_snapshot
+from dataset_builder.snapshot import Snapshot, read_snapshot
 from dataset_builder.splits import assign_families
 from dataset_builder.stats import ReleaseStats, compute_stats
 from dataset_builder.writer import SplitFiles, write_config
-from medcot.config import BuildConfig
-from medcot.store import Store
+from medcot.config import BuildConfig, ReviewConfig
+from medcot.store import RATER_KEY, Store
 
 MARKER = "release_stats.json"  # an existing folder is replaced only if it holds this (a previous release)
 SPECIALTY_PNG = "figures/specialty_distribution.png"
@@ -79,10 +79,12 @@ def pipeline_version() -> str:
         raise BuildError("the medcot package is not installed (pip install -e .): its version goes in every row") from exc
 
 
-def build_release(store: Store, cfg: BuildConfig, out_dir: str | Path) -> BuildResult:
-    """Build the release into out_dir (replaced atomically); ReleaseIntegrityError names violating items."""
+def build_release(store: Store, cfg: BuildConfig, out_dir: str | Path,
+                  review: ReviewConfig | None = None) -> BuildResult:
+    """Build the release into out_dir (replaced atomically); ReleaseIntegrityError names violating items.
+    `review`: the review rules the votes are re-verified under (rubric policy, min_agree); default ReviewConfig()."""
     with _gc_paused():
-        return _build(store, cfg, out_dir)
+        return _build(store, cfg, out_dir, review or ReviewConfig())
 
 
 @contextlib.contextmanager
@@ -98,16 +100,16 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _build(store: Store, cfg: BuildConfig, out_dir: str | Path) -> BuildResult:
+def _build(store: Store, cfg: BuildConfig, out_dir: str | Path, review: ReviewConfig) -> BuildResult:
     start = time.perf_counter()
     out = Path(out_dir).resolve()
     _check_target(out)
     snap = read_snapshot(store)
-    maker = RowMaker(snap, cfg.rater_salt, pipeline_version(), cfg.allow_automated_reviewers)
+    maker = RowMaker(snap, store.secret(RATER_KEY), pipeline_version(), cfg.allow_automated_reviewers, review)
     sets = maker.build()
     assignment = assign_families((it.family_id for it in snap.items), cfg.seed, cfg.splits)
     split_rows = {c: _split(rows, assignment) for c, rows in sets.rows.items()}
-    violations = check_release(split_rows, cfg.allow_automated_reviewers)
+    violations = check_release(split_rows, cfg.allow_automated_reviewers, review.consensus.min_agree)
     if violations:
         raise ReleaseIntegrityError(violations)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="near-duplicates") as pool:
@@ -120,10 +122,10 @@ def _build(store: Store, cfg: BuildConfig, out_dir: str | Path) -> BuildResult:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
         tmp.chmod(0o755)
         try:
-            written, figs = _write_data(tmp, cfg, split_rows)
+            written, figs = _write_data(tmp, cfg, split_rows, rated_items(snap, maker))
             pairs = pending.result()
             near = _near_counts(split_rows, pairs)
-            files = _write_card(tmp, cfg, split_rows, written, figs, stats, agree, near, pairs, len(snap.items))
+            files = _write_card(tmp, cfg, split_rows, written, figs, stats, agree, near, pairs, snap)
             _replace(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -165,22 +167,22 @@ def _near_counts(split_rows: SplitRows, pairs: list[NearDuplicate]) -> dict[str,
             for c in CONFIGS}
 
 
-def _write_data(root: Path, cfg: BuildConfig, split_rows: SplitRows) -> tuple[dict[str, list[SplitFiles]],
-                                                                               dict[str, str]]:
+def _write_data(root: Path, cfg: BuildConfig, split_rows: SplitRows, rated: list[list[dict[str, Any]]]
+                ) -> tuple[dict[str, list[SplitFiles]], dict[str, str]]:
     """Parquet shards (configs with rows only), figures and the lm-eval task folder."""
     written: dict[str, list[SplitFiles]] = {}
     for config in CONFIGS:
         files = write_config(split_rows[config], root, config, cfg.shard_rows)
         if files:
             written[config] = files
-    figs = _figures(root, split_rows)
+    figs = _figures(root, split_rows, rated)
     write_task_folder(root)
     return written, figs
 
 
 def _write_card(root: Path, cfg: BuildConfig, split_rows: SplitRows, written: dict[str, list[SplitFiles]],
                 figs: dict[str, str], stats: ReleaseStats, agree: dict[str, Any], near: dict[str, dict[str, int]],
-                pairs: list[NearDuplicate], total_items: int) -> list[str]:
+                pairs: list[NearDuplicate], snap: Snapshot) -> list[str]:
     """README.md and release_stats.json; returns every file of the release."""
     validated = [r for s in SPLITS for r in split_rows["validated"][s]]
     card = render_card(CardInputs(
@@ -189,21 +191,39 @@ def _write_card(root: Path, cfg: BuildConfig, split_rows: SplitRows, written: di
         threshold=cfg.near_duplicate_threshold, languages=sorted(stats.languages), written=written,
         default="validated" if "validated" in written else None,
         automated_in_validated=any(r.validation == "automated" for r in validated),
-        figures=figs, stats=stats, agreement=agree, near_dups=near, total_items=total_items))
+        figures=figs, stats=stats, agreement=agree, near_dups=near, total_items=len(snap.items),
+        rated_items=len(snap.rubric),
+        standard_versions=tuple(sorted({r.standard_version for rows in snap.rubric.values() for r in rows
+                                        if r.standard_version}))))
     (root / "README.md").write_text(card, encoding="utf-8")
     _write_stats(root, stats, agree, near, pairs, written)
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def _figures(root: Path, split_rows: SplitRows) -> dict[str, str]:
+def _figures(root: Path, split_rows: SplitRows, rated: list[list[dict[str, Any]]]) -> dict[str, str]:
     by_config = {c: [r for s in SPLITS for r in split_rows[c][s]] for c in CONFIGS}
     out = {}
     if any(by_config.values()):
         figures.specialty_figure(by_config, root / SPECIALTY_PNG)
         out["specialty"] = SPECIALTY_PNG
-    if any(r.rubric for r in by_config["panel"]):
-        figures.rubric_figure(by_config["panel"], root / RUBRIC_PNG)
+    if rated:
+        figures.rubric_figure(rated, root / RUBRIC_PNG)
         out["rubric"] = RUBRIC_PNG
+    return out
+
+
+def rated_items(snap: Snapshot, maker: RowMaker) -> list[list[dict[str, Any]]]:
+    """Every rated item in the store (initial review and panel alike): its scores, with "round" = the order in
+    which its revisions were first scored (0 = the first revision judged)."""
+    out = []
+    for item_id in sorted(snap.rubric):
+        order: dict[str | None, int] = {}
+        scores = []
+        for r in snap.rubric[item_id]:
+            rnd = order.setdefault(r.revision_hash if r.revision_hash is not None else f"round {r.round}", len(order))
+            scores.append({"round": rnd, "dimension": r.dimension, "score": r.score,
+                           "rater_kind": maker.kinds.get(r.user_id)})
+        out.append(scores)
     return out
 
 

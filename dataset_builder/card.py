@@ -9,12 +9,13 @@ from typing import Any
 import jinja2
 from huggingface_hub import DatasetCardData
 
+from curation.review.invariant import INVARIANT
 from dataset_builder.features import COLUMN_HELP, CONFIGS, SPLITS, VALIDATION_NOTES
 from dataset_builder.writer import SplitFiles, configs_yaml, dataset_infos
 
 TEMPLATE = Path(__file__).with_name("card.md.j2")
 CONFIG_WHAT = {
-    "validated": "items approved by consensus (current wording and CoT, reviews, rubric, five-strike history)",
+    "validated": "items approved by consensus (released wording and CoT, reviews, rubric, five-strike history)",
     "unvalidated": "the same pipeline's raw LLM output before any review (original wording, initial CoT)",
     "panel": "items escalated to the expert panel, with all rubric scores and the outcome",
 }
@@ -38,6 +39,8 @@ class CardInputs:
     agreement: dict[str, Any]
     near_dups: dict[str, dict[str, int]]   # config -> split -> eval rows with a train near-duplicate
     total_items: int
+    rated_items: int = 0                   # items with any rubric score (the rubric figure's population)
+    standard_versions: tuple[str, ...] = ()  # annotation standard versions of the scores
 
 
 def _size_category(n: int) -> str:
@@ -101,9 +104,19 @@ def render_card(inp: CardInputs) -> str:
         excluded=st.excluded, absent=st.absent, specialty_figure=inp.figures.get("specialty"),
         rubric_figure=inp.figures.get("rubric"), specialties=st.specialties, reviewer_kinds=st.reviewer_kinds,
         judgements_by_kind=st.judgements_by_kind, decisions=st.decisions, agreement=inp.agreement, fmt=_fmt,
-        threshold=inp.threshold, near_dups=inp.near_dups, sources=st.sources, columns=COLUMN_HELP)
+        threshold=inp.threshold, near_dups=inp.near_dups, sources=st.sources, columns=COLUMN_HELP,
+        invariant=INVARIANT, ci=_ci, rated_items=inp.rated_items, standard_versions=list(inp.standard_versions))
     return f"---\n{card_yaml(inp)}\n---\n\n{body}"
 
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
+
+
+def _ci(v: dict[str, Any] | None) -> str:
+    """'0.912 [0.870, 0.950]' (n/a where undefined)."""
+    if not v or v.get("estimate") is None:
+        return "n/a"
+    if v.get("low") is None or v.get("high") is None:
+        return _fmt(v["estimate"])
+    return f"{v['estimate']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"

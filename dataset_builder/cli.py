@@ -38,7 +38,7 @@ def build(config_path: str | None, overrides: tuple[str, ...], store_url: str | 
     cfg = get_config(config_path, overrides, store_url)
     store = Store(cfg.store.url)
     try:
-        result = build_release(store, cfg.build, out_dir)
+        result = build_release(store, cfg.build, out_dir, cfg.review)
     except (ReleaseIntegrityError, BuildError) as exc:
         fail(str(exc))
     finally:

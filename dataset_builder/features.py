@@ -11,6 +11,8 @@ from typing import Any
 
 from datasets import ClassLabel, Features, List, Value
 
+from medcot.review_tables import RUBRIC_DIMENSIONS
+
 LETTERS = ("A", "B", "C", "D", "E")
 CONFIGS = ("validated", "unvalidated", "panel")
 SPLITS = ("train", "validation", "test")
@@ -32,7 +34,11 @@ FIVE_STRIKE = {
 }
 REVIEW = {"phase": _S, "reviewer_kind": _S, "reviewer_id_hash": _S, "relevance": Value("int8"),
           "correctness": Value("int8"), "sufficiency": Value("int8"), "answer": _S, "approve": Value("bool")}
-RUBRIC = {"round": Value("int32"), "dimension": _S, "score": Value("int8"), "rater_kind": _S, "rater_id_hash": _S}
+RUBRIC = {"phase": _S, "round": Value("int32"), "dimension": _S, "score": Value("int8"), "rater_kind": _S,
+          "rater_id_hash": _S, "standard_version": _S}
+DIMENSIONS = RUBRIC_DIMENSIONS
+RUBRIC_MEDIAN = {d: Value("float32") for d in DIMENSIONS}
+RATER_GROUPS = ("human", "automated")
 CONSENSUS = {"outcome": _S, "human_approvals": Value("int32"), "automated_approvals": Value("int32"),
              "expert_validated": Value("bool")}
 PROVENANCE = {"model": _S, "prompt_version": _S, "prompt_versions": List(_S), "pipeline_version": _S}
@@ -61,6 +67,12 @@ FEATURES = Features({
     "validation_note": _S,
     "revision_status": _S,
     "provenance": PROVENANCE,
+    "rubric_median": RUBRIC_MEDIAN,
+    "rubric_raters": Value("int32"),
+    "rubric_raters_kind": _S,
+    "difficulty": _S,
+    "cognitive_level": _S,
+    "annotation_standard": _S,
 })
 
 COLUMN_HELP = {
@@ -81,12 +93,19 @@ COLUMN_HELP = {
     "licence": "licence of the seed source",
     "five_strike": "re-answering attempts without the explanation; first correct attempt; escalated",
     "reviews": "initial reviews: reviewer kind, hashed reviewer id, binary judgements, answer, approval",
-    "rubric": "panel rubric scores (5 dimensions, 0-2) per round, rater kind and hashed rater id",
+    "rubric": "every rubric score (5 dimensions, 0-2) given to the released text: phase (initial review or panel), "
+              "round, rater kind, rater pseudonym (HMAC), annotation standard version (unvalidated: empty)",
     "consensus": "current decision: outcome, human/automated approvals, expert_validated",
     "validation": "expert, automated or none",
     "validation_note": "the validation label in words",
     "revision_status": "unchanged, modified (edited by a person) or regenerated (by the LLM, panel-guided)",
     "provenance": "generator model, CoT prompt version, all prompt versions used on the item, pipeline version",
+    "rubric_median": "per dimension, the median score over the raters of `rubric_raters_kind` on the released text",
+    "rubric_raters": "how many raters of `rubric_raters_kind` scored all five dimensions on the released text",
+    "rubric_raters_kind": "human (experts) or automated (LLM/demo raters, never experts); null = no scores",
+    "difficulty": "easy, moderate or hard: the raters' majority label (a tie goes to the harder label)",
+    "cognitive_level": "recall, interpretation or problem-solving: the raters' majority (a tie goes to the harder)",
+    "annotation_standard": "version of the annotation standard (rubric anchors, labels) the scores were given under",
 }
 
 
@@ -117,6 +136,12 @@ class ReleaseRow:
     validation_note: str
     revision_status: str
     provenance: dict[str, Any]
+    rubric_median: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(DIMENSIONS))
+    rubric_raters: int = 0
+    rubric_raters_kind: str | None = None
+    difficulty: str | None = None
+    cognitive_level: str | None = None
+    annotation_standard: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # builder-only facts for the checks (not written)
 
 

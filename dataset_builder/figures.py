@@ -1,19 +1,18 @@
 """The card's figures (PNG, matplotlib Agg): the specialty distribution (like the paper's Figure 3) and the
-panel's rubric scores (like Figure 4). Deterministic bytes: fixed size and dpi, no Software/date metadata."""
+rubric scores of every rated item (like Figure 4). Deterministic bytes: fixed size and dpi, no Software/date metadata."""
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dataset_builder.features import ReleaseRow  # noqa: E402
+from dataset_builder.features import DIMENSIONS, ReleaseRow  # noqa: E402
 
-DIMENSIONS = ("medical_correctness", "reasoning_structure", "information_sufficiency", "terminology_clarity",
-              "clinical_utility")
 UNASSIGNED = "(no specialty assigned)"
 _PNG_META = {"Software": None}
 _SCORE_COLORS = ("#d9534f", "#f0ad4e", "#5cb85c")
@@ -52,39 +51,41 @@ def specialty_figure(by_config: dict[str, list[ReleaseRow]], path: Path) -> None
     _save(fig, path)
 
 
-def rubric_distribution(rows: list[ReleaseRow], which: str) -> dict[str, Counter[int]]:
-    """dimension -> score counts, over each item's first ("first") or last ("final") scoring round."""
+def rubric_distribution(rated: list[list[dict[str, Any]]], which: str) -> dict[str, Counter[int]]:
+    """dimension -> score counts, over each item's first ("first") or last ("final") scored revision.
+    `rated`: per item, its scores as dicts with "round" (the order of the revisions scored), "dimension", "score"."""
     out: dict[str, Counter[int]] = {d: Counter() for d in DIMENSIONS}
-    for r in rows:
-        if not r.rubric:
+    for scores in rated:
+        if not scores:
             continue
-        rounds = [s["round"] for s in r.rubric]
+        rounds = [s["round"] for s in scores]
         pick = min(rounds) if which == "first" else max(rounds)
-        for s in r.rubric:
+        for s in scores:
             if s["round"] == pick:
                 out.setdefault(s["dimension"], Counter())[s["score"]] += 1
     return out
 
 
-def rubric_figure(panel_rows: list[ReleaseRow], path: Path) -> None:
-    """Stacked shares of scores 0/1/2 per dimension: first scoring round, and the final round after revision."""
-    panels = [("first", "first scoring"), ("final", "final scoring (after revision / regeneration)")]
+def rubric_figure(rated: list[list[dict[str, Any]]], path: Path) -> None:
+    """Stacked shares of scores 0/1/2 per dimension: first scored revision of each item (the initial review, or
+    the panel's first round), and the final one (after any repair / regeneration)."""
+    panels = [("first", "first scored revision"), ("final", "final revision (after any repair)")]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     for ax, (which, title) in zip(axes, panels):
-        dist = rubric_distribution(panel_rows, which)
+        dist = rubric_distribution(rated, which)
         dims = [d for d in dist if sum(dist[d].values())]
         left = [0.0] * len(dims)
         for score in (0, 1, 2):
             shares = [dist[d][score] / sum(dist[d].values()) for d in dims]
             ax.barh(dims, shares, left=left, color=_SCORE_COLORS[score], label=f"score {score}")
             left = [a + b for a, b in zip(left, shares)]
-        n = sum(1 for r in panel_rows if r.rubric)
+        n = sum(1 for scores in rated if scores)
         ax.set_title(f"{title}\n({n} items)", fontsize=10)
         ax.set_xlim(0, 1)
         ax.set_xlabel("share of scores")
     axes[0].invert_yaxis()
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    kinds = sorted({s["rater_kind"] or "unknown" for r in panel_rows for s in r.rubric})
-    fig.suptitle(f"Panel rubric scores (0-2); raters: {', '.join(kinds)}")
+    kinds = sorted({s["rater_kind"] or "unknown" for scores in rated for s in scores})
+    fig.suptitle(f"Rubric scores (0-2) of every rated item; raters: {', '.join(kinds)}")
     fig.tight_layout()
     _save(fig, path)

@@ -56,25 +56,27 @@ def check_row_schema(config: str, row: ReleaseRow) -> list[Violation]:
     return out
 
 
-def check_consensus(row: ReleaseRow, allow_automated: bool) -> list[Violation]:
-    """Every validated row meets the consensus rule: current decision approved by >= 2 experts (and >= 2
-    distinct human users on record), or, only if allowed, >= 2 approvals counting automated reviewers."""
+def check_consensus(row: ReleaseRow, allow_automated: bool, min_agree: int = 2) -> list[Violation]:
+    """Every validated row meets THE invariant, recomputed from the raw votes (rows.RowMaker.check_votes), not
+    taken from the decision row: an `expert` row needs fresh blind approvals of the released revision from at
+    least two distinct human users; an `automated` row (only if allowed) `min_agree` approvals of any kind."""
     c = row.consensus
     if c["outcome"] != "approved":
         return [Violation("validated", row.id, "consensus", f"current decision is {c['outcome']!r}, not 'approved'")]
+    human, automated = row.extra.get("human_approvers", 0), row.extra.get("automated_approvers", 0)
+    refused = row.extra.get("refused_votes") or []
+    why = f" (not counted: {' | '.join(refused[:4])})" if refused else ""
     if row.validation == "expert":
-        if not c["expert_validated"] or c["human_approvals"] < 2:
-            return [Violation("validated", row.id, "consensus",
-                              f"labelled expert with {c['human_approvals']} human approval(s), "
-                              f"expert_validated={c['expert_validated']}")]
-        if row.extra.get("human_actors", 0) < 2:
-            return [Violation("validated", row.id, "consensus",
-                              f"decision claims {c['human_approvals']} human approvals but only "
-                              f"{row.extra.get('human_actors', 0)} human user(s) reviewed, scored or decided it")]
+        if human < 2:
+            return [Violation("validated", row.id, "invariant",
+                              f"labelled expert-validated (decision claims {c['human_approvals']} human approval(s)) "
+                              f"but the raw votes hold {human} human approval(s) of the released text{why}")]
         return []
     if row.validation == "automated" and allow_automated:
-        if c["human_approvals"] + c["automated_approvals"] < 2:
-            return [Violation("validated", row.id, "consensus", "fewer than two approvals of any kind")]
+        if human + automated < max(2, min_agree):
+            return [Violation("validated", row.id, "invariant",
+                              f"the raw votes hold {human + automated} approval(s) of the released text, fewer than "
+                              f"{max(2, min_agree)}{why}")]
         return []
     return [Violation("validated", row.id, "consensus", f"validation {row.validation!r} may not enter `validated`"
                       + ("" if allow_automated else " (build.allow_automated_reviewers is false)"))]
@@ -101,12 +103,13 @@ def check_families(rows: Mapping[str, Mapping[str, list[ReleaseRow]]]) -> list[V
     return out
 
 
-def check_release(rows: Mapping[str, Mapping[str, list[ReleaseRow]]], allow_automated: bool) -> list[Violation]:
+def check_release(rows: Mapping[str, Mapping[str, list[ReleaseRow]]], allow_automated: bool,
+                  min_agree: int = 2) -> list[Violation]:
     out: list[Violation] = []
     for config, splits in rows.items():
         for split_rows in splits.values():
             for row in split_rows:
                 out += check_row_schema(config, row)
                 if config == "validated":
-                    out += check_consensus(row, allow_automated)
+                    out += check_consensus(row, allow_automated, min_agree)
     return out + check_families(rows)

@@ -4,17 +4,37 @@
 - `validated`: items whose current decision is "approved" by >= 2 human experts (expert_validated), or, only
   when automated reviewers are allowed, approved by automated reviewers (labelled so). Current wording and CoT.
 - `panel`: items escalated to the expert panel, with every rubric score and the outcome. Current wording.
+
+Reviewed rows carry what the raw votes say about the RELEASED revision (`medcot.revision.content_hash` of the
+question, options, key and CoT as written): the approvers under THE invariant (`curation.review.invariant`,
+recomputed here from the snapshot, never read from the decision row; `integrity` fails the build on a claim
+they do not support), the rubric scores given to that revision, their per-dimension medians, and the majority
+difficulty and cognitive level. Rater pseudonyms are HMAC-SHA256 of the user id under the store's secret.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
+import statistics
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dataset_builder.features import LETTERS, VALIDATION_NOTES, ReleaseRow, empty_consensus, empty_five_strike
-from dataset_builder.snapshot import CotVersion, Snapshot
+from curation.review.invariant import VoteRecord, problems, vote_from_panel, vote_from_review
+from dataset_builder.features import (
+    DIMENSIONS,
+    LETTERS,
+    VALIDATION_NOTES,
+    ReleaseRow,
+    empty_consensus,
+    empty_five_strike,
+)
+from dataset_builder.snapshot import CotVersion, RubricScore, Snapshot
+from medcot.config import ReviewConfig
 from medcot.records import Item
+from medcot.review_tables import COGNITIVE_LEVELS, DIFFICULTIES
+from medcot.revision import content_hash
 
 PANEL_ACTIONS = ("accept", "revise", "regenerate", "discard")
 PANEL_STAGES = ("escalated", "panel_done")
@@ -30,15 +50,17 @@ class RowSets:
 
 
 class RowMaker:
-    """Builds rows from one snapshot; `salt` pseudonymises reviewer ids, `pipeline_version` goes in provenance."""
+    """Builds rows from one snapshot; `key` (the store's secret) pseudonymises reviewer ids, `review` holds the
+    rules of the invariant (rubric policy, binary judgements), `pipeline_version` goes in provenance."""
 
-    def __init__(self, snap: Snapshot, salt: str, pipeline_version: str, allow_automated: bool):
+    def __init__(self, snap: Snapshot, key: str, pipeline_version: str, allow_automated: bool,
+                 review: ReviewConfig | None = None):
         self.snap = snap
-        self.salt = salt
         self.pipeline_version = pipeline_version
         self.allow_automated = allow_automated
+        self.review = review or ReviewConfig()
         self.kinds: dict[int | None, str | None] = {uid: u.kind for uid, u in snap.users.items()}
-        self.hashes: dict[int | None, str | None] = {uid: rater_hash(salt, uid) for uid in snap.users}
+        self.hashes: dict[int | None, str | None] = {uid: rater_hash(key, uid) for uid in snap.users}
 
     # ---- selection ---------------------------------------------------------------------------------
     def build(self) -> RowSets:
@@ -87,13 +109,91 @@ class RowMaker:
     def reviewed_row(self, item: Item, label: str) -> ReleaseRow:
         gen = self.snap.current_cot(item.id)
         assert gen is not None
+        released = content_hash(item.question, item.options, item.answer, gen.cot)
+        scores = [r for r in self.snap.rubric.get(item.id, ()) if r.revision_hash == released]
         row = self._row(item, item.question, item.options, item.answer, gen,
                         five_strike=self.five_strike(item.id), reviews=self.reviews(item.id),
-                        rubric=self.rubric(item.id), consensus=self.consensus(item.id), validation=label,
+                        rubric=self.rubric(scores), consensus=self.consensus(item.id), validation=label,
                         revision_status=self.revision_status(item.id))
-        if label == "expert":
-            row.extra["human_actors"] = len(self.human_actors(item.id))
+        self.summarise(row, item.id, released, scores)
+        self.check_votes(row, item, released)
         return row
+
+    # ---- the invariant, from the raw votes ---------------------------------------------------------
+    def votes(self, item_id: str) -> list[VoteRecord]:
+        """Every vote on the item as stored: initial reviews and adjudications (with the reviewer's rubric scores
+        of the revision they judged) and the panel's actions (the latest per panelist and round)."""
+        scores: dict[tuple[int, str | None], dict[str, int]] = {}
+        for r in self.snap.rubric.get(item_id, ()):
+            if r.phase == "review":
+                scores.setdefault((r.user_id, r.revision_hash), {})[r.dimension] = r.score
+        out = [vote_from_review(r._asdict(), self.kinds.get(r.user_id) or "unknown",
+                                scores.get((r.user_id, r.revision_hash)))
+               for r in self.snap.reviews.get(item_id, ())]
+        latest: dict[tuple[int | None, int], Any] = {}
+        for d in self.snap.decisions.get(item_id, ()):
+            if d.kind in PANEL_ACTIONS and d.user_id is not None:
+                latest[(d.user_id, int((d.details or {}).get("round", -1)))] = d
+        out += [vote_from_panel(d.user_id, self.kinds.get(d.user_id) or "unknown", d.kind, d.details)
+                for d in latest.values()]
+        return out
+
+    def check_votes(self, row: ReleaseRow, item: Item, released: str) -> None:
+        """Distinct users whose raw votes approve the released revision under the invariant (row.extra, for
+        integrity.check_consensus), and why the other human votes do not count."""
+        human: set[int] = set()
+        automated: set[int] = set()
+        refused: list[str] = []
+        for vote in self.votes(item.id):
+            found = problems(vote, released, item.answer, self.review)
+            if not found:
+                (human if vote.kind == "human" else automated).add(vote.user_id)
+            elif vote.kind == "human":
+                refused.append(f"{vote.phase} vote of {self.rater(vote.user_id)}: {'; '.join(found)}")
+        row.extra.update(human_approvers=len(human), automated_approvers=len(automated), refused_votes=refused)
+
+    # ---- rubric summary ----------------------------------------------------------------------------
+    def summarise(self, row: ReleaseRow, item_id: str, released: str, scores: list[RubricScore]) -> None:
+        """rubric_median / rubric_raters / difficulty / cognitive_level over one group of raters of the released
+        text: the humans for an expert row (or wherever humans scored), else the automated raters."""
+        labels = self.labels(item_id, released)
+        kinds = {self.kinds.get(r.user_id) for r in scores} | {self.kinds.get(uid) for uid, *_ in labels}
+        group = "human" if row.validation == "expert" or "human" in kinds else (
+            "automated" if kinds - {None} else None)
+        if group is None:
+            return
+
+        def in_group(uid: int | None) -> bool:
+            return (self.kinds.get(uid) == "human") == (group == "human")
+        per_rater: dict[int, dict[str, int]] = {}
+        versions = set()
+        for r in scores:  # in id order: a later score of the same rater and dimension wins
+            if in_group(r.user_id):
+                per_rater.setdefault(r.user_id, {})[r.dimension] = r.score
+                versions.add(r.standard_version)
+        row.rubric_median = {d: _median([s[d] for s in per_rater.values() if d in s]) for d in DIMENSIONS}
+        row.rubric_raters = sum(1 for s in per_rater.values() if all(d in s for d in DIMENSIONS))
+        row.rubric_raters_kind = group if per_rater or labels else None
+        mine = {uid: (diff, cog) for uid, diff, cog, version in labels if in_group(uid)}
+        versions |= {version for uid, _, _, version in labels if in_group(uid)}
+        row.difficulty = majority((d for d, _ in mine.values()), DIFFICULTIES)
+        row.cognitive_level = majority((c for _, c in mine.values()), COGNITIVE_LEVELS)
+        named = sorted(v for v in versions if v)
+        row.annotation_standard = ", ".join(named) if named else None
+
+    def labels(self, item_id: str, released: str) -> list[tuple[int, str | None, str | None, str | None]]:
+        """(user, difficulty, cognitive level, standard version) given with a vote on the released revision."""
+        out: dict[int, tuple[int, str | None, str | None, str | None]] = {}
+        for r in self.snap.reviews.get(item_id, ()):
+            if r.revision_hash == released and (r.difficulty or r.cognitive_level):
+                out[r.user_id] = (r.user_id, r.difficulty, r.cognitive_level, r.standard_version)
+        for d in self.snap.decisions.get(item_id, ()):
+            det = d.details or {}
+            if d.kind in PANEL_ACTIONS and d.user_id is not None and det.get("revision_hash") == released \
+                    and (det.get("difficulty") or det.get("cognitive_level")):
+                out[d.user_id] = (d.user_id, det.get("difficulty"), det.get("cognitive_level"),
+                                  det.get("standard_version"))
+        return list(out.values())
 
     def _row(self, item: Item, question: str, options: dict[str, Any], answer: str, gen: CotVersion,
              **parts: Any) -> ReleaseRow:
@@ -117,16 +217,17 @@ class RowMaker:
 
     def reviews(self, item_id: str) -> list[dict[str, Any]]:
         kinds, hashes = self.kinds, self.hashes
-        return [{"phase": phase, "reviewer_kind": kinds.get(uid), "reviewer_id_hash": hashes.get(uid),
-                 "relevance": rel, "correctness": cor, "sufficiency": suf, "answer": ans, "approve": bool(ok)}
-                for _, uid, phase, rel, cor, suf, ans, ok in self.snap.reviews.get(item_id, ())]
+        return [{"phase": r.phase, "reviewer_kind": kinds.get(r.user_id), "reviewer_id_hash": hashes.get(r.user_id),
+                 "relevance": r.relevance, "correctness": r.correctness, "sufficiency": r.sufficiency,
+                 "answer": r.answer, "approve": bool(r.approve)} for r in self.snap.reviews.get(item_id, ())]
 
-    def rubric(self, item_id: str) -> list[dict[str, Any]]:
+    def rubric(self, scores: Iterable[RubricScore]) -> list[dict[str, Any]]:
         kinds, hashes = self.kinds, self.hashes
-        rows = sorted(self.snap.rubric.get(item_id, ()),
-                      key=lambda r: (r[2], hashes.get(r[1]) or "", _DIMENSION_ORDER.get(r[3], 99), r[3]))
-        return [{"round": rnd, "dimension": dim, "score": score, "rater_kind": kinds.get(uid),
-                 "rater_id_hash": hashes.get(uid)} for _, uid, rnd, dim, score in rows]
+        rows = sorted(scores, key=lambda r: (r.phase != "review", r.round, hashes.get(r.user_id) or "",
+                                             _DIMENSION_ORDER.get(r.dimension, 99), r.dimension))
+        return [{"phase": r.phase, "round": r.round, "dimension": r.dimension, "score": r.score,
+                 "rater_kind": kinds.get(r.user_id), "rater_id_hash": hashes.get(r.user_id),
+                 "standard_version": r.standard_version} for r in rows]
 
     def consensus(self, item_id: str) -> dict[str, Any]:
         dec = self.snap.current_decision(item_id)
@@ -144,30 +245,38 @@ class RowMaker:
         return "unchanged"
 
     def provenance(self, item_id: str, gen: CotVersion) -> dict[str, Any]:
-        """Model of the LLM call behind the CoT (for a hand edit: the latest LLM-made version before it)."""
+        """Model of the LLM call behind the CoT (for a hand edit: the latest LLM-made version before it; for a
+        CoT brought in by `curate import-cot`: the model its file named)."""
         versions = self.snap.cots.get(item_id, [])
         made_by = gen if gen.call_id is not None else next(
             (g for g in reversed(versions) if g.call_id is not None and g.revision <= gen.revision), None)
-        model = self.snap.calls.get(made_by.call_id) if made_by is not None else None
+        model = self.snap.calls.get(made_by.call_id) if made_by is not None else self.snap.imported_models.get(item_id)
         return {"model": model, "prompt_version": gen.prompt_version,
                 "prompt_versions": self.snap.prompt_versions.get(item_id, []),
                 "pipeline_version": self.pipeline_version}
 
     # ---- reviewers ---------------------------------------------------------------------------------
     def rater(self, user_id: int | None) -> str | None:
-        """The published pseudonym of a reviewer (salted hash of the user id)."""
+        """The published pseudonym of a reviewer (HMAC of the user id under the store's secret)."""
         return self.hashes.get(user_id)
 
-    def human_actors(self, item_id: str) -> set[int]:
-        """Distinct human users with a recorded review, rubric score or decision on the item."""
-        s = self.snap
-        ids = {r[1] for r in s.reviews.get(item_id, ())} | {r[1] for r in s.rubric.get(item_id, ())}
-        ids |= {d.user_id for d in s.decisions.get(item_id, ()) if d.user_id is not None}
-        return {u for u in ids if self.kinds.get(u) == "human"}
+
+def rater_hash(key: str, user_id: int) -> str:
+    """HMAC-SHA256 of the user id under the store's secret key: stable across releases of one store, not
+    reversible from user ids without the key (which stays in the store)."""
+    return hmac.new(key.encode(), f"rater:{user_id}".encode(), hashlib.sha256).hexdigest()[:16]
 
 
-def rater_hash(salt: str, user_id: int) -> str:
-    return hashlib.sha256(f"{salt}:{user_id}".encode()).hexdigest()[:16]
+def _median(values: list[int]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def majority(labels: Iterable[str | None], order: tuple[str, ...]) -> str | None:
+    """The most frequent label; a tie goes to the label later in `order` (the harder one)."""
+    counts = Counter(x for x in labels if x in order)
+    if not counts:
+        return None
+    return max(counts, key=lambda x: (counts[x], order.index(x)))
 
 
 def original_texts(item: Item, revisions: list[Any]) -> tuple[str, dict[str, Any], str]:

@@ -1,14 +1,14 @@
 """Read everything the release needs from the store in a few bulk queries (one consistent read).
 
-Items become `medcot.records.Item`s, CoT versions and decisions small typed records; reviews, rubric
-scores and attempts stay plain tuples (hundreds of thousands of them; rows.py unpacks them by position,
-so keep the column order of those three selects).
+Items become `medcot.records.Item`s; CoT versions, decisions, reviews and rubric scores small typed records
+(named tuples for the two that come in hundreds of thousands); attempts stay plain tuples (rows.py unpacks
+them by position, so keep the column order of that select).
 """
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Row
@@ -43,6 +43,37 @@ class Decision:
     human_approvals: int
     automated_approvals: int
     expert_validated: bool
+    details: dict[str, Any] | None = None  # panel actions: round, answer, scores, revision_hash, blind, labels
+
+
+class Review(NamedTuple):
+    """A `reviews` row: an initial review (phase "review") or an adjudication verdict."""
+
+    item_id: str
+    user_id: int
+    phase: str
+    relevance: int
+    correctness: int
+    sufficiency: int
+    answer: str | None
+    approve: bool
+    revision_hash: str | None
+    blind: bool
+    proposal: bool
+    difficulty: str | None
+    cognitive_level: str | None
+    standard_version: str | None
+
+
+class RubricScore(NamedTuple):
+    item_id: str
+    user_id: int
+    round: int
+    dimension: str
+    score: int
+    phase: str
+    revision_hash: str | None
+    standard_version: str | None
 
 
 @dataclass
@@ -51,11 +82,12 @@ class Snapshot:
     users: dict[int, Row]                              # id -> (id, name, kind)
     cots: dict[str, list[CotVersion]]                  # item -> CoT versions by revision (initial first)
     revisions: dict[str, list[Row]] = field(default_factory=dict)    # item -> by id
-    reviews: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)  # (item, user, phase, rel, cor, suf, answer, approve)
-    rubric: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)   # (item, user, round, dimension, score)
+    reviews: dict[str, list[Review]] = field(default_factory=dict)           # item -> by id
+    rubric: dict[str, list[RubricScore]] = field(default_factory=dict)       # item -> by id
     decisions: dict[str, list[Decision]] = field(default_factory=dict)       # item -> by id (last = current)
     attempts: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)  # (item, round, no, template, letter, correct)
     calls: dict[int, str] = field(default_factory=dict)              # call id -> model, for CoT calls
+    imported_models: dict[str, str] = field(default_factory=dict)    # item -> model named by `curate import-cot`
     prompt_versions: dict[str, list[str]] = field(default_factory=dict)  # item -> sorted distinct versions
     strike_escalated: set[str] = field(default_factory=set)  # failed five-strike ("escalated" event, stage strikes)
     escalated: set[str] = field(default_factory=set)         # escalated to the panel by any stage
@@ -87,15 +119,17 @@ def read_snapshot(store: Store) -> Snapshot:
                         .where(g.purpose.in_(COT_PURPOSES)).order_by(g.item_id, g.revision, g.id), CotVersion)
         snap = Snapshot(items=items, users=users, cots=cots)
         snap.revisions = _grouped(conn, select(RevisionRow).order_by(RevisionRow.id))
-        snap.reviews = _grouped(conn, select(ReviewRow.item_id, ReviewRow.user_id, ReviewRow.phase,
-                                             ReviewRow.relevance, ReviewRow.correctness, ReviewRow.sufficiency,
-                                             ReviewRow.answer, ReviewRow.approve).order_by(ReviewRow.id), tuple)
-        snap.rubric = _grouped(conn, select(RubricScoreRow.item_id, RubricScoreRow.user_id, RubricScoreRow.round,
-                                            RubricScoreRow.dimension, RubricScoreRow.score)
-                               .order_by(RubricScoreRow.id), tuple)
+        r = ReviewRow
+        snap.reviews = _grouped(conn, select(r.item_id, r.user_id, r.phase, r.relevance, r.correctness, r.sufficiency,
+                                             r.answer, r.approve, r.revision_hash, r.blind, r.proposal,
+                                             r.difficulty, r.cognitive_level, r.standard_version).order_by(r.id),
+                                _review)
+        s = RubricScoreRow
+        snap.rubric = _grouped(conn, select(s.item_id, s.user_id, s.round, s.dimension, s.score, s.phase,
+                                            s.revision_hash, s.standard_version).order_by(s.id), RubricScore)
         d = DecisionRow
         snap.decisions = _grouped(conn, select(d.item_id, d.user_id, d.kind, d.human_approvals, d.automated_approvals,
-                                               d.expert_validated).order_by(d.id), Decision)
+                                               d.expert_validated, d.details).order_by(d.id), Decision)
         snap.attempts = _grouped(conn, select(AttemptRow.item_id, AttemptRow.round, AttemptRow.attempt_no,
                                               AttemptRow.template, AttemptRow.letter, AttemptRow.correct)
                                  .order_by(AttemptRow.item_id, AttemptRow.round, AttemptRow.attempt_no), tuple)
@@ -103,6 +137,12 @@ def read_snapshot(store: Store) -> Snapshot:
         _read_calls(conn, snap)
         _read_candidates(conn, snap)
     return snap
+
+
+def _review(*values: Any) -> Review:
+    """`blind` and `proposal` as booleans ("proposed a change": a JSON null or empty proposal is none)."""
+    review = Review(*values)
+    return review._replace(blind=bool(review.blind), proposal=bool(review.proposal))
 
 
 def _grouped(conn: Connection, query: Any, make: Any = None) -> dict[str, list[Any]]:
@@ -135,6 +175,10 @@ def _read_calls(conn: Connection, snap: Snapshot) -> None:
     query = (select(CallRow.id, CallRow.model).join(g, g.call_id == CallRow.id)
              .where(g.purpose.in_(COT_PURPOSES)).distinct())
     snap.calls = {cid: model for cid, model in conn.execute(query).all()}
+    imported = select(EventRow.item_id, EventRow.payload).where(EventRow.kind == "imported",
+                                                                EventRow.stage == "import-cot")
+    snap.imported_models = {item_id: str(payload["model"]) for item_id, payload in conn.execute(imported).all()
+                            if item_id is not None and (payload or {}).get("model")}
     versions: dict[str, list[str]] = defaultdict(list)
     query = (select(CallRow.item_id, CallRow.prompt_version).where(CallRow.item_id.is_not(None)).distinct()
              .order_by(CallRow.item_id, CallRow.prompt_version))

@@ -62,7 +62,7 @@ def _funnel(snap: Snapshot, maker: RowMaker, sets: RowSets, st: ReleaseStats) ->
     rejected = sum(snap.rejected_candidates.values())
     with_cot = [it for it in items if snap.initial_cot(it.id) is not None]
     no_answer = sum(1 for it in with_cot if snap.initial_cot(it.id).answer is None)
-    reviewed = sum(1 for it in items if any(r[2] == "review" for r in snap.reviews.get(it.id, ())))
+    reviewed = sum(1 for it in items if any(r.phase == "review" for r in snap.reviews.get(it.id, ())))
     struck = [it.id for it in items if it.id in snap.attempts]
     firsts = [maker.five_strike(i)["first_correct_attempt"] for i in struck]
     st.first_correct = dict(sorted(Counter(f for f in firsts if f is not None).items()))
@@ -101,9 +101,10 @@ def _people(snap: Snapshot, st: ReleaseStats) -> None:
     judged: Counter[str] = Counter()
     for rows in snap.reviews.values():
         for r in rows:
-            acted.add(r[1])
-            judged[_kind(snap, r[1])] += 1
-    rounds = {(r[0], r[1], r[2]) for rows in snap.rubric.values() for r in rows}
+            acted.add(r.user_id)
+            judged[_kind(snap, r.user_id)] += 1
+    # a panel scoring round is a judgement; review-phase rubric scores are part of their review
+    rounds = {(r.item_id, r.user_id, r.round) for rows in snap.rubric.values() for r in rows if r.phase != "review"}
     for _, uid, _ in rounds:
         acted.add(uid)
         judged[_kind(snap, uid)] += 1
@@ -138,7 +139,7 @@ def _absent(snap: Snapshot) -> list[str]:
     if not snap.attempts:
         out.append("five-strike re-answering has not run: no attempts recorded")
     if not snap.rubric:
-        out.append("no panel rubric scores recorded: the expert panel (2.3.4) has not scored any item")
+        out.append("no rubric scores recorded: neither the initial review nor the panel (2.3.4) scored any item")
     if not snap.decisions:
         out.append("no consensus decisions recorded: no item is approved, so `validated` is empty")
     if not any(it.specialty for it in snap.items):

@@ -1,7 +1,11 @@
 """A synthetic store for the builder's tests and benchmark: N items in seed families (a seed and its
 expansions), realistic text lengths (zh ~1 char/token, en words), initial CoTs with final-answer lines,
-five-strike attempts, two blind reviews per item, panel rubric scores, revisions and decisions.
+five-strike attempts, two blind reviews per item with rubric scores, difficulty and cognitive level, panel
+rounds with repairs (regenerated CoT, edited question), revisions and decisions.
 
+Every store it makes satisfies THE invariant (`curation.review.invariant`): each approved item carries blind
+approvals of its final revision (content hash) by two distinct raters, with answers equal to the key and rubric
+scores compatible with the default rubric policy; a repaired item is approved by panelists who did not edit it.
 Everything is inserted with plain SQLAlchemy Core into the real tables, deterministically from `seed`.
 `reviewers="human"` makes expert-validated approvals; `"llm"` makes automated ones (expert_validated False).
 """
@@ -15,7 +19,17 @@ from typing import Any
 from sqlalchemy import insert
 
 from medcot.db import AttemptRow, CallRow, CandidateRow, EventRow, GenerationRow, ItemRow
-from medcot.review_tables import RUBRIC_DIMENSIONS, DecisionRow, ReviewRow, RevisionRow, RubricScoreRow, UserRow
+from medcot.review_tables import (
+    COGNITIVE_LEVELS,
+    DIFFICULTIES,
+    RUBRIC_DIMENSIONS,
+    DecisionRow,
+    ReviewRow,
+    RevisionRow,
+    RubricScoreRow,
+    UserRow,
+)
+from medcot.revision import content_hash
 from medcot.store import Store, normalize_text
 
 LETTERS = "ABCDE"
@@ -25,6 +39,9 @@ ASPECTS = ("contraindication", "mechanism", "diagnosis", "next_step", "indicatio
 SOURCES = {"zh": ("kyre-99/CMExam-Dataset@303a45e data/val.csv", "Apache-2.0"),
            "en": ("openlifescienceai/medmcqa@2f3e1b7 dev.json", "MIT")}
 _T0 = datetime(2026, 1, 1, tzinfo=UTC)
+STANDARD = "annotation@1"
+REVIEWERS = (1, 2, 3, 4)
+PANELISTS = (5, 6, 7)
 
 
 @dataclass
@@ -75,7 +92,7 @@ class _Rows:
         self.rng = random.Random(spec.seed)
         self.txt = _Text(self.rng)
         self.users = [{"id": i + 1, "name": f"{spec.reviewers}-reviewer-{i + 1}", "role": "panelist" if i >= 4 else "reviewer",
-                       "kind": spec.reviewers} for i in range(6)]
+                       "kind": spec.reviewers} for i in range(7)]
         self.items: list[dict[str, Any]] = []
         self.calls: list[dict[str, Any]] = []
         self.gens: list[dict[str, Any]] = []
@@ -147,16 +164,41 @@ class _Rows:
                           "option_explanations": {}, "agrees_with_key": cot_answer == answer,
                           "created_at": _T0 + timedelta(seconds=revision)})
 
+    def cot_of(self, iid: str) -> str:
+        return next(g["cot"] for g in reversed(self.gens) if g["item_id"] == iid)
+
+    def revision(self, item: dict[str, Any]) -> str:
+        return content_hash(item["question"], item["options"], item["answer"], self.cot_of(item["id"]))
+
+    def scores(self, approve: bool) -> dict[str, int]:
+        """Rubric scores: an approval's are compatible with the default policy (no 0, medical correctness 2)."""
+        r = self.rng
+        if approve:
+            return {d: 2 if d == "medical_correctness" else r.choice((1, 2, 2)) for d in RUBRIC_DIMENSIONS}
+        return {d: r.choice((0, 1, 1, 2)) for d in RUBRIC_DIMENSIONS}
+
+    def add_scores(self, iid: str, uid: int, phase: str, rnd: int, revision: str, scores: dict[str, int]) -> None:
+        self.rubric += [{"item_id": iid, "user_id": uid, "round": rnd, "dimension": d, "score": v, "phase": phase,
+                         "revision_hash": revision, "standard_version": STANDARD, "created_at": _T0}
+                        for d, v in scores.items()]
+
     def review_path(self, item: dict[str, Any]) -> None:
         r, iid = self.rng, item["id"]
-        for uid in r.sample(range(1, 5), 2):
+        base = self.revision(item)
+        approvals = []
+        for uid in r.sample(REVIEWERS, 2):
             ok = r.random() < 0.92
+            approvals.append(ok)
             self.reviews.append({"item_id": iid, "user_id": uid, "phase": "review", "relevance": 1,
                                  "correctness": int(ok), "sufficiency": int(ok or r.random() < 0.5),
-                                 "answer": item["answer"], "approve": ok, "comment": "", "created_at": _T0})
+                                 "answer": item["answer"], "approve": ok, "comment": "", "revision_hash": base,
+                                 "blind": True, "proposal": None, "difficulty": r.choice(DIFFICULTIES),
+                                 "cognitive_level": r.choice(COGNITIVE_LEVELS), "standard_version": STANDARD,
+                                 "created_at": _T0})
+            self.add_scores(iid, uid, "review", 0, base, self.scores(ok))
         escalated = r.random() < self.spec.escalate
         self.strikes(item, escalated)
-        if escalated:
+        if escalated or not all(approvals):  # a five-strike failure, or a rejection: the panel judges it
             self.panel(item)
         kind = "removed" if r.random() < self.spec.removed else "approved"
         human = self.spec.reviewers == "human"
@@ -181,26 +223,42 @@ class _Rows:
         self.events.append({"item_id": iid, "stage": "strikes", "kind": kind, "actor": "llm", "actor_kind": "llm",
                             "payload": {"attempts": n}, "created_at": _T0})
 
+    def panel_vote(self, item: dict[str, Any], uid: int, rnd: int, action: str, approve: bool) -> None:
+        revision = self.revision(item)
+        scores = self.scores(approve)
+        self.add_scores(item["id"], uid, "panel", rnd, revision, scores)
+        r = self.rng
+        self.decisions.append({"item_id": item["id"], "user_id": uid, "kind": action, "human_approvals": 0,
+                               "automated_approvals": 0, "expert_validated": False, "created_at": _T0,
+                               "details": {"round": rnd, "answer": item["answer"], "scores": scores,
+                                           "revision_hash": revision, "blind": True, "proposal": action == "revise",
+                                           "difficulty": r.choice(DIFFICULTIES),
+                                           "cognitive_level": r.choice(COGNITIVE_LEVELS),
+                                           "standard_version": STANDARD}})
+
     def panel(self, item: dict[str, Any]) -> None:
+        """Round 0 on the text as reviewed; half the items get a regenerated CoT and 30% an edited question
+        (by panelist 5), and then a fresh round on the repaired revision by panelists who did not edit it."""
         r, iid = self.rng, item["id"]
-        rounds = 2 if r.random() < 0.5 else 1
-        for rnd in range(rounds):
-            for uid in (5, 6):
-                for dim in RUBRIC_DIMENSIONS:
-                    self.rubric.append({"item_id": iid, "user_id": uid, "round": rnd, "dimension": dim,
-                                        "score": r.choice((0, 1, 1, 2)) if rnd == 0 else r.choice((1, 2, 2)),
-                                        "created_at": _T0})
-        action = "regenerate" if rounds == 2 else "accept"
-        for uid in (5, 6):
-            self.decisions.append({"item_id": iid, "user_id": uid, "kind": action, "human_approvals": 0,
-                                   "automated_approvals": 0, "expert_validated": False, "details": {},
-                                   "created_at": _T0})
-        if rounds == 2:
+        regenerate, edit = r.random() < 0.5, r.random() < 0.3
+        if not regenerate and not edit:
+            for uid in PANELISTS[:2]:
+                self.panel_vote(item, uid, 0, "accept", True)
+            return
+        self.panel_vote(item, PANELISTS[0], 0, "revise" if edit else "regenerate", False)
+        self.panel_vote(item, PANELISTS[1], 0, "regenerate" if regenerate else "accept", not regenerate)
+        changes = 0
+        if regenerate:
+            old = self.cot_of(iid)
             self.generation(iid, item["language"], item["answer"], item["options"], "regenerated", 1)
             self.revisions.append({"item_id": iid, "user_id": None, "field": "cot", "kind": "regenerated",
-                                   "old": "", "new": self.gens[-1]["cot"], "diff": "", "created_at": _T0})
-        if r.random() < 0.3:
+                                   "old": old, "new": self.gens[-1]["cot"], "diff": "", "created_at": _T0})
+            changes += 1
+        if edit:
             new_q = item["question"] + (" 请选择最佳答案。" if item["language"] == "zh" else " Choose the best answer.")
-            self.revisions.append({"item_id": iid, "user_id": 5, "field": "question", "kind": "edit",
+            self.revisions.append({"item_id": iid, "user_id": PANELISTS[0], "field": "question", "kind": "edit",
                                    "old": item["question"], "new": new_q, "diff": "", "created_at": _T0})
             item["question"], item["norm_question"] = new_q, normalize_text(new_q)
+            changes += 1
+        for uid in PANELISTS[1:]:
+            self.panel_vote(item, uid, changes, "accept", True)

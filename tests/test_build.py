@@ -18,7 +18,7 @@ from dataset_builder.synthetic import SyntheticSpec, make_store
 from medcot.cli import main
 from medcot.config import BuildConfig, load_config
 from medcot.db import ItemRow
-from medcot.review_tables import DecisionRow, RubricScoreRow, UserRow
+from medcot.review_tables import DecisionRow, ReviewRow, RubricScoreRow, UserRow
 
 
 @pytest.fixture(autouse=True)
@@ -102,17 +102,18 @@ def test_unvalidated_is_the_raw_output_and_validated_the_revised(store, tmp_path
 
 def test_integrity_failure_names_the_item_and_writes_nothing(store, tmp_path: Path) -> None:
     wrong_key = first_item(store, "en")
-    with store.transaction() as conn:  # claims expert validation with a single human approval
+    with store.transaction() as conn:  # an approved item whose human reviews are in fact both rejections
+        panel_items = select(DecisionRow.item_id).where(DecisionRow.user_id.is_not(None))
         bad = conn.execute(select(DecisionRow.item_id).where(DecisionRow.kind == "approved",
-                                                             DecisionRow.item_id != wrong_key)).scalars().first()
-        conn.execute(insert(DecisionRow).values(item_id=bad, user_id=None, kind="approved", human_approvals=1,
-                                                automated_approvals=0, expert_validated=True, details={}))
+                                                             DecisionRow.item_id != wrong_key,
+                                                             DecisionRow.item_id.not_in(panel_items))).scalars().first()
+        conn.execute(update(ReviewRow).where(ReviewRow.item_id == bad).values(approve=False))
         conn.execute(update(ItemRow).where(ItemRow.id == wrong_key).values(answer="E"))  # en items have A-D
     out = tmp_path / "out" / "rel"
     with pytest.raises(ReleaseIntegrityError) as err:
         build_release(store, BuildConfig(), out)
     text = str(err.value)
-    assert f"[validated] {bad}: consensus" in text
+    assert f"[validated] {bad}: invariant" in text and "raw votes hold 0 human approval(s)" in text
     assert f"{wrong_key}: answer_in_options" in text
     assert not out.exists() and (not out.parent.exists() or not any(out.parent.iterdir()))
 
@@ -203,7 +204,7 @@ def test_expert_label_needs_two_human_users_on_record(tmp_path: Path) -> None:
         conn.execute(insert(DecisionRow).values(item_id=item, user_id=None, kind="approved",
                                                 human_approvals=2, automated_approvals=0, expert_validated=True,
                                                 details={}))
-    with pytest.raises(ReleaseIntegrityError, match=f"{item}: consensus: .*only 0 human user"):
+    with pytest.raises(ReleaseIntegrityError, match=f"{item}: invariant: .*claims 2 human .*raw votes hold 0 human"):
         build_release(store, BuildConfig(), tmp_path / "rel")
 
 

@@ -14,13 +14,16 @@ import asyncio
 import json
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 from pathlib import Path
 
+import datasets
 import pytest
 import uvicorn
-from sqlalchemy import func, select
+from click.testing import CliRunner
+from sqlalchemy import func, insert, select, update
 
 from curation.review import assign as assigning
 from curation.review import sample
@@ -28,7 +31,9 @@ from curation.review.app import create_app
 from curation.review.consensus import run_consensus
 from curation.review.items import get_item
 from curation.review.labelstudio import export_tasks, import_export
+from medcot.cli import main
 from medcot.config import load_config
+from medcot.db import ItemRow
 from medcot.review_tables import RUBRIC_DIMENSIONS, DecisionRow, ReviewRow, RevisionRow, UserRow
 from medcot.scripted_server import ScriptedServer
 from medcot.store import Store
@@ -356,3 +361,34 @@ def _verdict(admin, answer: str, cot: str | None = None, key: str | None = None)
         admin.select_option("#edit_answer", key)
     admin.click("#submit-adjudication")
     admin.wait_for_url("**/adjudicate?m=*")
+
+
+def test_the_builder_releases_the_browser_approvals_and_refuses_a_forged_decision_row(site):
+    """After the flows above: the release holds exactly the items approved in the browser, each with its two human
+    raters' rubric on the released text; a copy of the store with a forged "approved" decision for q1 (approved
+    by nobody on its current text) fails `medcot build` naming q1, and nothing is written."""
+    q0, q1, q2, q3, _ = site["ids"]
+    tmp = site["tmp"]
+    url = site["store"].url
+    splits = "build.splits={train: 1.0, validation: 0.0, test: 0.0}"
+    res = CliRunner().invoke(main, ["build", "--store", url, "--out", str(tmp / "release"), "--set", splits])
+    assert res.exit_code == 0, res.output
+    released = datasets.load_dataset(str(tmp / "release"), "validated", split="train", cache_dir=str(tmp / "hf"))
+    assert sorted(released["id"]) == [q0, q2, q3]
+    assert all(r["validation"] == "expert" and r["rubric_raters"] >= 2 and r["rubric_raters_kind"] == "human"
+               for r in released)
+
+    forged_db = tmp / "forged.db"
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as src, sqlite3.connect(forged_db) as dst:
+        src.backup(dst)  # a consistent copy, WAL included
+    forged = Store(str(forged_db))
+    with forged.transaction() as conn:
+        conn.execute(insert(DecisionRow).values(item_id=q1, user_id=None, kind="approved", human_approvals=2,
+                                                automated_approvals=0, expert_validated=True, details={}))
+        conn.execute(update(ItemRow).where(ItemRow.id == q1).values(stage="approved"))
+    forged.close()
+    out = tmp / "forged-release"
+    res = CliRunner().invoke(main, ["build", "--store", str(forged_db), "--out", str(out), "--set", splits])
+    assert res.exit_code == 2, res.output
+    assert f"[validated] {q1}: invariant" in res.output and "nothing was written" in res.output
+    assert not out.exists()
