@@ -2,8 +2,9 @@
 
 Per seed: (1) key facts and reasoning steps are extracted from the seed's CoT (structured output);
 (2) one new question per slot, each on a named aspect (structured output); (3) every candidate goes
-through checks that keep their reason (unusable output, structure, copy of the seed, near-duplicate of
-the seed or a sibling); rejects are stored as `candidates` rows, accepted ones become items of the
+through checks that keep their reason (unusable output, structure, copy of the seed's stem, the seed's
+options and key again, near-duplicate of the seed, a sibling or any store item by the one rule of
+medcot.neardup); rejects are stored as `candidates` rows, accepted ones become items of the
 family (origin "expanded", id `{seed}~x{slot}`), all in ONE transaction with a family `expansion_done`
 event; (4) accepted items get their CoT from the generate stage, like seeds.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from typing import Any
@@ -24,6 +26,7 @@ import yaml
 from curation.generate import run_generate, summary_dict
 from medcot.config import ExpandConfig, SamplingConfig
 from medcot.llm import LLMClient, gather_all, json_schema_format, sampling_params
+from medcot.neardup import RULE_VERSION, THRESHOLD, DupText, NearDupIndex, stem_similarity
 from medcot.pipeline import RunContext, stage
 from medcot.prompts import PROMPT_DIR, format_options, load_prompt
 from medcot.records import LETTERS, Candidate, ChatRequest, ChatResult, Event, Generation, Item
@@ -152,21 +155,9 @@ def parse_facts(result: ChatResult, prompt_version: str, max_items: int) -> tupl
     return Facts(lists["facts"], lists["steps"], result.call_id, prompt_version), "", ""
 
 
-def ngrams(text: str, n: int) -> frozenset[str]:
-    norm = normalize_text(text)
-    if len(norm) <= n:
-        return frozenset([norm]) if norm else frozenset()
-    return frozenset(norm[i:i + n] for i in range(len(norm) - n + 1))
-
-
-def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
-    if not a or not b:
-        return 0.0
-    return len(a & b) / len(a | b)
-
-
-def item_text(question: str, options: dict[str, str]) -> str:
-    return question + " " + " ".join(options[k] for k in sorted(options))
+def dup_text(item_id: str, question: str, options: dict[str, str], language: str) -> DupText:
+    """An item as the near-duplicate rule (medcot.neardup) sees it."""
+    return DupText(item_id, question, options, language)
 
 
 def structure_problem(obj: dict[str, Any], language: str) -> tuple[str, str]:
@@ -193,43 +184,65 @@ def structure_problem(obj: dict[str, Any], language: str) -> tuple[str, str]:
 
 
 @dataclass
+class ExistingItems:
+    """Every item of the store, and those accepted during this run, indexed under the near-duplicate rule
+    (shared by all families of a run, so a candidate is checked against other families' items too)."""
+
+    index: NearDupIndex = field(default_factory=NearDupIndex)
+    family_of: dict[str, str] = field(default_factory=dict)  # item id -> family id
+
+    @classmethod
+    def of(cls, items: Iterable[Item]) -> ExistingItems:
+        existing = cls()
+        for item in items:
+            existing.add(item)
+        return existing
+
+    def add(self, item: Item) -> None:
+        self.index.add(dup_text(item.id, item.question, item.options, item.language))
+        self.family_of[item.id] = item.family_id
+
+
+@dataclass
 class FamilyChecker:
-    """Checks candidates of one family in slot order: the seed and the siblings accepted so far."""
+    """Checks candidates of one family in slot order, with the one near-duplicate rule (medcot.neardup):
+    a copy of the seed's stem, the seed's options and key again, or a near-duplicate of the seed, a sibling
+    accepted so far or any other item of the store."""
 
     seed: Item
-    cfg: ExpandConfig
-    taken: dict[str, str]  # normalised stem -> item id, over the whole store
-    accepted: list[tuple[str, frozenset[str]]] = field(default_factory=list)
+    existing: ExistingItems
     keys: dict[tuple[frozenset[str], str], str] = field(default_factory=dict)  # (option texts, key text) -> id
 
     def __post_init__(self) -> None:
-        self.seed_stem = ngrams(self.seed.question, self.cfg.ngram)
-        self.seed_full = ngrams(item_text(self.seed.question, self.seed.options), self.cfg.ngram)
+        if self.seed.id not in self.existing.family_of:
+            self.existing.add(self.seed)
+        self.seed_text = dup_text(self.seed.id, self.seed.question, self.seed.options, self.seed.language)
         self.keys[answer_key(self.seed.options, self.seed.answer)] = self.seed.id
 
-    def check(self, obj: dict[str, Any]) -> tuple[str, str]:
+    def check(self, obj: dict[str, Any], candidate_id: str = "") -> tuple[str, str]:
         kind, reason = structure_problem(obj, self.seed.language)
         if kind:
             return kind, reason
         stem, options = obj["question"].strip(), {k: v.strip() for k, v in obj["options"].items()}
-        sim = jaccard(ngrams(stem, self.cfg.ngram), self.seed_stem)
-        if normalize_text(stem) == normalize_text(self.seed.question) or sim >= self.cfg.copy_threshold:
-            return "copy", f"stem copies the seed's stem: n-gram Jaccard {sim:.2f} >= {self.cfg.copy_threshold}"
-        if (other := self.taken.get(normalize_text(stem))) is not None:
-            return "near_duplicate", f"same question as an existing item: {other}"
+        text = dup_text(candidate_id, stem, options, self.seed.language)
+        if (sim := stem_similarity(text, self.seed_text)) >= THRESHOLD:
+            return "copy", f"stem copies the seed's stem: {RULE_VERSION} stem similarity {sim:.2f} >= {THRESHOLD}"
         if (other := self.keys.get(answer_key(options, obj["answer"].strip().upper()))) is not None:
             return "near_duplicate", f"same options and same correct option as another item: {other}"
-        full = ngrams(item_text(stem, options), self.cfg.ngram)
-        for other_id, other in [(self.seed.id, self.seed_full), *self.accepted]:
-            if (sim := jaccard(full, other)) >= self.cfg.near_duplicate_threshold:
-                whom = "the seed" if other_id == self.seed.id else "a sibling"
-                return "near_duplicate", (f"near-duplicate of {whom}: {other_id}, n-gram Jaccard {sim:.2f} >= "
-                                          f"{self.cfg.near_duplicate_threshold}")
-        return "", ""
+        matches = self.existing.index.query(text, exclude_id=candidate_id or None)
+        if not matches:
+            return "", ""
+        best = matches[0]
+        return "near_duplicate", (f"near-duplicate of {self._whom(best.matched_id)}: {best.matched_id}, "
+                                  f"{RULE_VERSION} similarity {best.similarity:.2f} >= {THRESHOLD}")
+
+    def _whom(self, item_id: str) -> str:
+        if item_id == self.seed.id:
+            return "the seed"
+        return "a sibling" if self.existing.family_of.get(item_id) == self.seed.family_id else "an existing item"
 
     def accept(self, item: Item) -> None:
-        self.accepted.append((item.id, ngrams(item_text(item.question, item.options), self.cfg.ngram)))
-        self.taken[normalize_text(item.question)] = item.id
+        self.existing.add(item)
         self.keys[answer_key(item.options, item.answer)] = item.id
 
 
@@ -258,7 +271,7 @@ class FamilyResult:
 
 
 async def expand_family(client: LLMClient, seed: Item, gen: Generation, cfg: ExpandConfig, model: str,
-                        taken: dict[str, str]) -> FamilyResult:
+                        existing: ExistingItems) -> FamilyResult:
     freq = facts_request(seed, gen, cfg, model)
     fres = await client.chat(freq)
     facts, check, reason = parse_facts(fres, freq.prompt_version, cfg.max_facts)
@@ -274,7 +287,7 @@ async def expand_family(client: LLMClient, seed: Item, gen: Generation, cfg: Exp
         results[i] = await client.chat(reqs[i])
 
     await gather_all([ask(i) for i in range(len(reqs))])
-    checker = FamilyChecker(seed, cfg, taken)
+    checker = FamilyChecker(seed, existing)
     out = FamilyResult([], [], [], facts_ok=True)
     for (slot, aspect), req, res in zip(slots, reqs, results):
         _judge(checker, out, seed, slot, aspect, req, res, facts)  # type: ignore[arg-type]
@@ -286,7 +299,7 @@ def _judge(checker: FamilyChecker, out: FamilyResult, seed: Item, slot: int, asp
     obj, reason = parse_json_object(res)
     kind = "json" if obj is None else ""
     if obj is not None:
-        kind, reason = checker.check(obj)
+        kind, reason = checker.check(obj, req.item_id)
     payload: dict[str, Any] = obj if obj is not None else {"raw": res.content, "finish_reason": res.finish_reason}
     out.candidates.append(Candidate(seed.family_id, seed.id, slot, aspect, res.call_id, kind, reason, payload))
     if kind:
@@ -312,10 +325,10 @@ async def run_expand(store: Store, client: LLMClient, cfg: ExpandConfig, model: 
     todo = [s for s in seeds if s.id not in done]
     summary.families_without_cot = sum(s.id not in gens for s in todo)
     todo = [s for s in todo if s.id in gens][:cfg.limit]
-    taken = store.existing_questions()
+    existing = ExistingItems.of(store.items())
 
     async def one(seed: Item) -> None:
-        result = await expand_family(client, seed, gens[seed.id], cfg, model, taken)
+        result = await expand_family(client, seed, gens[seed.id], cfg, model, existing)
         done_event = Event(kind="expansion_done", item_id=seed.id, stage="expand", actor="llm", actor_kind="llm",
                            payload={"factor": cfg.factor, "accepted": len(result.items),
                                     "rejected": sum(1 for c in result.candidates if c.check),

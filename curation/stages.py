@@ -7,14 +7,16 @@ from typing import Any
 
 from curation import expand, specialty, strikes  # noqa: F401  (their @stage functions register on import)
 from medcot.pipeline import RunContext, stage
-from medcot.seeds import import_seeds
+from medcot.seeds import excluded_ids, import_seeds
 
 
 @stage("seeds")
 async def seeds_stage(ctx: RunContext) -> dict[str, Any]:
     imported = {}
+    held_out = excluded_ids(ctx.cfg.seeds.exclude)  # held-out eval items: never curated
     for path in ctx.cfg.seeds.files:
-        imported[path] = import_seeds(Path(path), ctx.store, limit=ctx.cfg.seeds.per_file_limit, skip_existing=True)
+        imported[path] = import_seeds(Path(path), ctx.store, limit=ctx.cfg.seeds.per_file_limit, skip_existing=True,
+                                      exclude=held_out)
     return {"imported": imported, "items_in_store": ctx.store.count_items()}
 
 

@@ -26,13 +26,13 @@ from dataset_builder.card import CardInputs, render_card
 from dataset_builder.features import CONFIGS, LETTERS, SPLITS, ReleaseRow
 from dataset_builder.integrity import ReleaseIntegrityError, check_release
 from dataset_builder.lmeval import write_task_folder
-from dataset_builder.neardup import NearDuplicate, find_near_duplicates
 from dataset_builder.rows import RowMaker
 from dataset_builder.snapshot import Snapshot, read_snapshot
 from dataset_builder.splits import assign_families
 from dataset_builder.stats import ReleaseStats, compute_stats
 from dataset_builder.writer import SplitFiles, write_config
 from medcot.config import BuildConfig, ReviewConfig
+from medcot.neardup import DupText, NearDupIndex
 from medcot.store import RATER_KEY, Store
 
 MARKER = "release_stats.json"  # an existing folder is replaced only if it holds this (a previous release)
@@ -113,8 +113,8 @@ def _build(store: Store, cfg: BuildConfig, out_dir: str | Path, review: ReviewCo
     if violations:
         raise ReleaseIntegrityError(violations)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="near-duplicates") as pool:
-        # numpy-heavy, so it overlaps with the Parquet writing (which releases the GIL too)
-        pending = pool.submit(near_duplicate_pairs, split_rows, cfg.near_duplicate_threshold)
+        # overlaps with the Parquet writing (which releases the GIL)
+        pending = pool.submit(near_duplicate_pairs, split_rows)
         stats = compute_stats(snap, maker, sets)
         views = ("human", "all") if any(k != "human" for k in stats.reviewer_kinds) else ("human",)
         agree = compute_agreement(snap, maker.rater, views)
@@ -144,21 +144,31 @@ def _split(rows: list[ReleaseRow], assignment: dict[str, str]) -> dict[str, list
     return out
 
 
-def _text(row: ReleaseRow) -> str:
-    return row.question + "\n" + "\n".join(row.options[k] or "" for k in LETTERS)
+@dataclass(frozen=True, slots=True)
+class NearDuplicate:
+    eval_id: str  # "{row id}\x00{n}": n numbers the distinct wordings of evaluation rows
+    train_id: str
+    similarity: float
 
 
-def near_duplicate_pairs(split_rows: SplitRows, threshold: float) -> list[NearDuplicate]:
-    """Evaluation rows (validation + test, any config) against train rows (any config); one entry per distinct
-    (item id, text), so an item edited after review is checked in both wordings."""
-    def distinct(splits: tuple[str, ...]) -> list[tuple[str, str]]:
-        seen = {(r.id, _text(r)) for c in CONFIGS for s in splits for r in split_rows[c][s]}
-        return sorted(seen)
-    train, evaluation = distinct(("train",)), distinct(("validation", "test"))
-    keyed = [(f"{i}", text) for i, (_, text) in enumerate(evaluation)]
-    found = find_near_duplicates(train, keyed, threshold)
-    return [NearDuplicate(f"{evaluation[int(d.eval_id)][0]}\x00{int(d.eval_id)}", d.train_id, d.similarity)
-            for d in found]
+def _dup_text(row: ReleaseRow) -> DupText:
+    return DupText(row.id, row.question, {k: v for k in LETTERS if (v := row.options.get(k))}, row.language)
+
+
+def near_duplicate_pairs(split_rows: SplitRows) -> list[NearDuplicate]:
+    """Evaluation rows (validation + test, any config) against train rows (any config) under the one rule of
+    medcot.neardup; one entry per distinct (item id, wording), so an item edited after review is checked in
+    both wordings; for each, its most similar train item."""
+    def distinct(splits: tuple[str, ...]) -> list[DupText]:
+        texts: dict[tuple[str, str, tuple[tuple[str, str], ...]], DupText] = {}
+        for row in (r for c in CONFIGS for s in splits for r in split_rows[c][s]):
+            text = _dup_text(row)
+            texts[(text.id, text.question, tuple(sorted(text.options.items())))] = text
+        return [texts[k] for k in sorted(texts)]
+    evaluation = distinct(("validation", "test"))
+    matches = NearDupIndex(distinct(("train",))).query_many(evaluation)
+    return [NearDuplicate(f"{item.id}\x00{n}", found[0].matched_id, round(found[0].similarity, 4))
+            for n, (item, found) in enumerate(zip(evaluation, matches)) if found]
 
 
 def _near_counts(split_rows: SplitRows, pairs: list[NearDuplicate]) -> dict[str, dict[str, int]]:
@@ -188,7 +198,7 @@ def _write_card(root: Path, cfg: BuildConfig, split_rows: SplitRows, written: di
     card = render_card(CardInputs(
         pretty_name=cfg.pretty_name, license=cfg.license, repo_or_path=cfg.repo_id or "PATH/TO/RELEASE",
         pipeline_version=pipeline_version(), seed=cfg.seed, fractions=dict(cfg.splits),
-        threshold=cfg.near_duplicate_threshold, languages=sorted(stats.languages), written=written,
+        languages=sorted(stats.languages), written=written,
         default="validated" if "validated" in written else None,
         automated_in_validated=any(r.validation == "automated" for r in validated),
         figures=figs, stats=stats, agreement=agree, near_dups=near, total_items=len(snap.items),

@@ -11,7 +11,9 @@ from huggingface_hub import DatasetCardData
 
 from curation.review.invariant import INVARIANT
 from dataset_builder.features import COLUMN_HELP, CONFIGS, SPLITS, VALIDATION_NOTES
+from dataset_builder.splits import SPLIT_RULE
 from dataset_builder.writer import SplitFiles, configs_yaml, dataset_infos
+from medcot.neardup import RULE_SUMMARY as NEARDUP_RULE
 
 TEMPLATE = Path(__file__).with_name("card.md.j2")
 CONFIG_WHAT = {
@@ -29,7 +31,6 @@ class CardInputs:
     pipeline_version: str
     seed: int
     fractions: dict[str, float]
-    threshold: float
     languages: list[str]
     written: dict[str, list[SplitFiles]]   # configs with rows -> their non-empty splits
     default: str | None
@@ -104,7 +105,7 @@ def render_card(inp: CardInputs) -> str:
         excluded=st.excluded, absent=st.absent, specialty_figure=inp.figures.get("specialty"),
         rubric_figure=inp.figures.get("rubric"), specialties=st.specialties, reviewer_kinds=st.reviewer_kinds,
         judgements_by_kind=st.judgements_by_kind, decisions=st.decisions, agreement=inp.agreement, fmt=_fmt,
-        threshold=inp.threshold, near_dups=inp.near_dups, sources=st.sources, columns=COLUMN_HELP,
+        near_dup_rule=NEARDUP_RULE, split_rule=SPLIT_RULE, near_dups=inp.near_dups, sources=st.sources, columns=COLUMN_HELP,
         invariant=INVARIANT, ci=_ci, rated_items=inp.rated_items, standard_versions=list(inp.standard_versions))
     return f"---\n{card_yaml(inp)}\n---\n\n{body}"
 

@@ -39,14 +39,52 @@ def eval_group() -> None:
 @config_option
 @set_option
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def run_cmd(config_path: str | None, overrides: tuple[str, ...], no_progress: bool) -> None:
-    """Serve each model with vLLM, answer every eval item with CoT, score (accuracy, CI, no-answer rate)."""
+@click.option("--allow-overlap", is_flag=True,
+              help="Evaluate despite a contamination overlap; contaminated items are reported apart.")
+def run_cmd(config_path: str | None, overrides: tuple[str, ...], no_progress: bool, allow_overlap: bool) -> None:
+    """Check contamination, then serve each model with vLLM, answer every eval item with CoT, score (accuracy,
+    CI, no-answer rate). Eval items overlapping training data: exit 2 before any model is served."""
     from eval.run import run_eval
     cfg = _cfg(config_path, overrides)
+    cfg.contamination.allow_overlap = cfg.contamination.allow_overlap or allow_overlap
     results = _guarded(run_eval, cfg, progress=not no_progress)
     from eval.scoring import metrics_markdown
     click.echo(metrics_markdown(results))
     click.echo(f"\nresults: {Path(cfg.out_dir) / 'results.md'}")
+
+
+@eval_group.command("contamination")
+@click.option("--eval", "eval_file", default=None, type=click.Path(dir_okay=False),
+              help="Eval file in the seed JSONL/CSV schema (what eval `external` sets read).")
+@click.option("--release-split", default=None,
+              help="Check the release's own split (e.g. test), instead of --eval, against its other splits.")
+@click.option("--store", "store_url", default="", help="Curation store (URL or SQLite path) to compare with.")
+@click.option("--release", "release_dir", default="", help="Release folder to compare with (every config and split).")
+@click.option("--seeds-from", multiple=True, type=click.Path(dir_okay=False),
+              help="Curation config whose imported seeds (seeds.files minus seeds.exclude) to compare with.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def contamination_cmd(eval_file: str | None, release_split: str | None, store_url: str, release_dir: str,
+                      seeds_from: tuple[str, ...], as_json: bool) -> None:
+    """Eval items vs the store, the release and curation seeds (same id, same stem, near duplicate).
+    Exit 0 when clean, 2 when any overlap or on bad input."""
+    import sys
+
+    from eval import contamination as con
+    if (eval_file is None) == (release_split is None):
+        fail("give exactly one of --eval FILE or --release-split SPLIT (with --release DIR)")
+    if release_split is not None and not release_dir:
+        fail("--release-split needs --release DIR")
+
+    def run() -> Any:
+        refs = con.load_references(store=store_url, release=release_dir, seeds_from=seeds_from)
+        if eval_file is not None:
+            return con.check([(con.load_eval_file(eval_file), None)], eval_file, refs)
+        items = con.load_release_split(release_dir, release_split or "")
+        return con.check([(items, release_split)], f"{release_dir}:{release_split}", refs)
+
+    result = _guarded(run)
+    click.echo(con.to_json(result) if as_json else con.table(result))
+    sys.exit(0 if result.clean else EXIT_BAD_INPUT)
 
 
 @eval_group.command("extract")
@@ -74,7 +112,7 @@ def extract_cmd(input_path: Path, output_path: Path) -> None:
 @set_option
 def compare_cmd(manifest: str, eval_dir: str | None, out_dir: str | None, config_path: str | None,
                 overrides: tuple[str, ...]) -> None:
-    """Validated vs unvalidated per seed and pooled: McNemar, bootstrap CIs, judge scores; md + HTML report."""
+    """Validated vs unvalidated over test families and training runs: per-run accuracy, CI, p; md + HTML report."""
     from eval.compare import compare
     cfg = _cfg(config_path, overrides)
     edir = eval_dir or cfg.out_dir

@@ -1,28 +1,33 @@
-"""`medcot eval compare --manifest M --eval-dir E`: validated vs unvalidated arms, per seed and pooled.
+"""`medcot eval compare --manifest M --eval-dir E`: validated vs unvalidated arms, two levels of uncertainty.
 
-For each eval set and each seed trained in both arms, the two models' predictions are paired by item:
-accuracy of each arm (bootstrap CI), the paired difference validated - unvalidated (bootstrap CI), and the
-exact McNemar test on the discordant pairs. Pooled over seeds, the difference's CI resamples whole items
-(all seeds of an item together) and McNemar counts every (item, seed) pair. Where judge scores exist, the
-same per rubric dimension: paired mean difference (bootstrap CI) and an exact sign test on the total.
-Other models in E (e.g. the base model) appear as references. Writes comparison.{md,html,json} and PNGs.
+Each arm was fine-tuned several times (runs vary the training seed and the data-subsample seed) and every run
+answered the same eval items, which come in families. The headline, per eval set, is ``eval.inference``'s:
+per-run accuracy of each arm (mean and sd over runs), and the difference of the arms' mean accuracies with a
+95% CI and a p-value that respect both the test families and the training runs. Single proportions (one run
+on one set, a reference model) carry Wilson intervals. Per-run McNemar tests are a secondary, descriptive
+table; nothing pools (item, run) pairs into one test. Where judge scores exist, the rubric total is compared
+the same way. Predictions without ``family_id`` (files written before it existed) count each item as its own
+family, and the report says so. Writes comparison.{md,html,json} and PNGs.
 """
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from eval.config import BootstrapConfig
-from eval.models import manifest_arms
+from eval.inference import InferenceError, Outcome, compare_arms, per_run_mcnemar, wilson
+from eval.models import ManifestRun, manifest_design, manifest_runs
 from eval.records import RUBRIC_DIMENSIONS, JudgeScore, Prediction, read_records
 from eval.report import Block, plot_accuracy, plot_radar, plot_specialty, to_html, to_markdown
 from eval.run import JUDGE_DIR, PRED_DIR
-from eval.stats import bootstrap_mean, mcnemar_exact, paired_bootstrap_diff, sign_test
 
 ARMS = ("validated", "unvalidated")
 Key = tuple[str, str]
+READING = ("if the study were repeated with new test families and new training runs, 95% of intervals built "
+           "this way would contain the true difference")
 
 
 class CompareError(ValueError):
@@ -34,93 +39,93 @@ def _load(eval_dir: Path, sub: str, name: str, cls: type) -> list[Any] | None:
     return read_records(path, cls) if path.is_file() else None
 
 
-def _pairs(a: dict[Key, Any], b: dict[Key, Any], what: str) -> list[Key]:
-    common = sorted(set(a) & set(b))
-    if not common:
-        raise CompareError(f"{what}: no items in common")
-    if len(common) != len(a) or len(common) != len(b):
-        raise CompareError(f"{what}: the arms answered different items ({len(a)} vs {len(b)}, {len(common)} "
-                           "shared); evaluate both on the same sets")
-    return common
+def _family(p: Prediction) -> str:
+    return p.family_id or p.id
 
 
-def _acc_row(label: str, a: list[bool], b: list[bool], clusters: list[str] | None, boot: BootstrapConfig,
-             na: tuple[float, float]) -> dict[str, Any]:
-    kw = {"resamples": boot.resamples, "seed": boot.seed, "confidence": boot.confidence}
-    return {"label": label, "n": len(a), "validated": bootstrap_mean(a, **kw).as_dict(),
-            "unvalidated": bootstrap_mean(b, **kw).as_dict(),
-            "diff": paired_bootstrap_diff(a, b, clusters=clusters, **kw).as_dict(),
-            "mcnemar": mcnemar_exact(a, b).as_dict(), "no_answer": {"validated": na[0], "unvalidated": na[1]}}
-
-
-def _judge_row(label: str, a: list[JudgeScore], b: list[JudgeScore], clusters: list[str] | None,
-               boot: BootstrapConfig) -> dict[str, Any]:
-    kw = {"resamples": boot.resamples, "seed": boot.seed, "confidence": boot.confidence}
-    dims = {d: paired_bootstrap_diff([x.scores[d] for x in a], [y.scores[d] for y in b], clusters=clusters,
-                                     **kw).as_dict() for d in RUBRIC_DIMENSIONS}
-    totals_a, totals_b = [x.total for x in a], [y.total for y in b]
-    return {"label": label, "n": len(a), "dimensions": dims,
-            "total": paired_bootstrap_diff(totals_a, totals_b, clusters=clusters, **kw).as_dict(),
-            "sign_test": sign_test(totals_a, totals_b).as_dict()}
-
-
-def compare_set(set_name: str, seeds: list[int], preds: dict[str, dict[Key, Prediction]],
-                judged: dict[str, dict[Key, JudgeScore]], boot: BootstrapConfig) -> dict[str, Any]:
-    """Per-seed and pooled comparison of the two arms on one eval set."""
-    acc_rows, judge_rows = [], []
-    pooled: dict[str, list[Any]] = defaultdict(list)
-    for seed in seeds:
-        va, un = preds[f"validated-s{seed}"], preds[f"unvalidated-s{seed}"]
-        keys = _pairs(va, un, f"set {set_name!r}, seed {seed}")
-        a, b = [va[k].correct for k in keys], [un[k].correct for k in keys]
-        na = (_rate([va[k] for k in keys]), _rate([un[k] for k in keys]))
-        acc_rows.append(_acc_row(f"seed {seed}", a, b, None, boot, na))
-        pooled["a"] += a
-        pooled["b"] += b
-        pooled["pa"] += [va[k] for k in keys]
-        pooled["pb"] += [un[k] for k in keys]
-        pooled["clusters"] += [k[1] for k in keys]
-        jv, ju = judged.get(f"validated-s{seed}"), judged.get(f"unvalidated-s{seed}")
-        if jv and ju:
-            jk = [k for k in keys if k in jv and k in ju and jv[k].error is None and ju[k].error is None]
-            if jk:
-                judge_rows.append(_judge_row(f"seed {seed}", [jv[k] for k in jk], [ju[k] for k in jk], None, boot))
-                pooled["ja"] += [jv[k] for k in jk]
-                pooled["jb"] += [ju[k] for k in jk]
-                pooled["jclusters"] += [k[1] for k in jk]
-    if len(seeds) > 1:
-        na = (_rate(pooled["pa"]), _rate(pooled["pb"]))
-        acc_rows.append(_acc_row(f"pooled ({len(seeds)} seeds)", pooled["a"], pooled["b"], pooled["clusters"], boot, na))
-        if len(judge_rows) > 1:
-            judge_rows.append(_judge_row(f"pooled ({len(judge_rows)} seeds)", pooled["ja"], pooled["jb"],
-                                         pooled["jclusters"], boot))
-    return {"set": set_name, "accuracy": acc_rows, "judge": judge_rows}
+def _outcomes(runs: list[ManifestRun], preds: dict[str, dict[Key, Prediction]]) -> list[Outcome]:
+    return [Outcome(r.arm, r.name, p.id, _family(p), p.correct) for r in runs for p in preds[r.name].values()]
 
 
 def _rate(preds: list[Prediction]) -> float:
     return sum(p.prediction is None for p in preds) / len(preds) if preds else float("nan")
 
 
+def _run_rows(runs: list[ManifestRun], preds: dict[str, dict[Key, Prediction]], confidence: float) -> list[dict]:
+    rows = []
+    for r in runs:
+        ps = list(preds[r.name].values())
+        k = sum(p.correct for p in ps)
+        rows.append({"arm": r.arm, "run": r.name, "seed": r.seed, "data_seed": r.data_seed, "n": len(ps),
+                     "correct": k, "accuracy_wilson": wilson(k, len(ps), confidence).as_dict(),
+                     "no_answer": _rate(ps)})
+    return rows
+
+
+def _judge(set_name: str, runs: list[ManifestRun], preds: dict[str, dict[Key, Prediction]],
+           judged: dict[str, dict[Key, JudgeScore]], boot: BootstrapConfig) -> dict[str, Any] | None:
+    """The rubric total compared like accuracy, on the items every run's judge scored without error."""
+    if not all(r.name in judged and judged[r.name] for r in runs):
+        return None
+    keys = set.intersection(*({k for k, j in judged[r.name].items() if j.error is None and k in preds[r.name]}
+                              for r in runs))
+    if not keys:
+        return None
+    outcomes = [Outcome(r.arm, r.name, k[1], _family(preds[r.name][k]), float(judged[r.name][k].total))
+                for r in runs for k in sorted(keys)]
+    cmp = compare_arms(outcomes, ARMS[0], ARMS[1], confidence=boot.confidence, resamples=boot.resamples,
+                       seed=boot.seed, measure="LLM-judge rubric total (0-10)", scale=1.0, unit="rubric points")
+    dims = {arm: {d: _mean([_mean([judged[r.name][k].scores[d] for k in keys]) for r in runs if r.arm == arm])
+                  for d in RUBRIC_DIMENSIONS} for arm in ARMS}
+    return {"set": set_name, "n_items": len(keys), "total": cmp.as_dict(), "dimension_means": dims}
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def compare_set(set_name: str, runs: list[ManifestRun], preds: dict[str, dict[Key, Prediction]],
+                judged: dict[str, dict[Key, JudgeScore]], boot: BootstrapConfig) -> dict[str, Any]:
+    """The two-level comparison of the arms on one eval set (see the module doc)."""
+    outcomes = _outcomes(runs, preds)
+    if not outcomes:
+        raise CompareError(f"set {set_name!r}: no predictions")
+    try:
+        headline = compare_arms(outcomes, ARMS[0], ARMS[1], confidence=boot.confidence,
+                                resamples=boot.resamples, seed=boot.seed)
+        mcnemar = per_run_mcnemar(outcomes, ARMS[0], ARMS[1])
+    except InferenceError as exc:
+        raise CompareError(f"set {set_name!r}: {exc}; evaluate every run on the same items") from exc
+    without_family = sorted({p.id for r in runs for p in preds[r.name].values() if not p.family_id})
+    return {"set": set_name, "headline": headline.as_dict(), "runs": _run_rows(runs, preds, boot.confidence),
+            "items_without_family": len(without_family),
+            "per_run_mcnemar": [{"run_a": m.run_a, "run_b": m.run_b, "a_only": m.a_only, "b_only": m.b_only,
+                                 "p_value": m.p_value} for m in mcnemar],
+            "judge": _judge(set_name, runs, preds, judged, boot)}
+
+
 def compare(manifest: str, eval_dir: str, out_dir: str, boot: BootstrapConfig | None = None) -> dict[str, Any]:
     boot = boot or BootstrapConfig()
     edir, odir = Path(eval_dir), Path(out_dir)
-    runs = manifest_arms(manifest)
-    preds, judged = _load_all(edir, [n for _, _, n in runs])
-    seeds = sorted({s for arm, s, _ in runs if arm == "validated"} & {s for arm, s, _ in runs if arm == "unvalidated"})
-    unpaired = sorted(n for arm, s, n in runs if s not in seeds)
-    if not seeds:
-        raise CompareError(f"{manifest}: no seed was trained in both arms, nothing to pair")
+    runs = manifest_runs(manifest)
+    lacking = [arm for arm in ARMS if not any(r.arm == arm for r in runs)]
+    if lacking:
+        raise CompareError(f"{manifest}: no run of arm(s) {lacking}, nothing to compare")
+    preds, judged = _load_all(edir, [r.name for r in runs])
     refs = sorted(p.stem for p in (edir / PRED_DIR).glob("*.jsonl") if p.stem not in preds)
     for name in refs:
         preds[name] = {p.key: p for p in read_records(edir / PRED_DIR / f"{name}.jsonl", Prediction)}
         jr = _load(edir, JUDGE_DIR, name, JudgeScore)
         if jr is not None:
             judged[name] = {j.key: j for j in jr}
-    sets = sorted({k[0] for v in preds.values() for k in v})
-    result = {"manifest": manifest, "eval_dir": eval_dir, "seeds": seeds, "unpaired_runs": unpaired,
-              "references": refs, "bootstrap": {"resamples": boot.resamples, "seed": boot.seed,
-                                                "confidence": boot.confidence},
-              "sets": [compare_set(s, seeds, _only(preds, s), _only(judged, s), boot) for s in sets],
+    sets = sorted({k[0] for r in runs for k in preds[r.name]})
+    result = {"manifest": manifest, "eval_dir": eval_dir, "training": manifest_design(manifest),
+              "runs": [{"arm": r.arm, "seed": r.seed, "data_seed": r.data_seed, "name": r.name} for r in runs],
+              "references": refs,
+              "inference": {"confidence": boot.confidence, "bootstrap_resamples": boot.resamples,
+                            "bootstrap_seed": boot.seed, "reading": READING},
+              "contamination": _contamination(edir),
+              "sets": [compare_set(s, runs, _only(preds, s), _only(judged, s), boot) for s in sets],
               "models": _model_table(preds, judged, boot, runs)}
     odir.mkdir(parents=True, exist_ok=True)
     result["figures"] = _figures(result, odir)
@@ -132,6 +137,29 @@ def compare(manifest: str, eval_dir: str, out_dir: str, boot: BootstrapConfig | 
     result["report"] = str(odir / "comparison.md")
     result["html"] = str(odir / "comparison.html")
     return result
+
+
+def _contamination(edir: Path) -> dict[str, Any] | None:
+    """The contamination check `eval run` recorded in results.json (None: no results file or no record)."""
+    path = edir / "results.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8")).get("contamination")
+    return record if isinstance(record, dict) else None
+
+
+def _contamination_text(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return "Contamination check: no record in the eval run's results.json (run `medcot eval run` again)."
+    if not record.get("checked"):
+        return f"Contamination check: not performed ({record.get('note', 'nothing to compare with')})."
+    ids = record.get("overlapping_eval_ids") or []
+    where = ", ".join(record.get("sources") or []) or "the configured references"
+    if not ids:
+        return f"Contamination check ({record.get('rule')}): 0 eval items overlap {where}."
+    return (f"Contamination check ({record.get('rule')}): {len(ids)} eval items overlap {where} "
+            f"(evaluated with allow_overlap; results.md reports them apart): {', '.join(ids[:10])}"
+            + (" ..." if len(ids) > 10 else "") + ".")
 
 
 def _load_all(edir: Path, names: list[str]) -> tuple[dict[str, dict[Key, Prediction]], dict[str, dict[Key, JudgeScore]]]:
@@ -153,11 +181,11 @@ def _only(table: dict[str, dict[Key, Any]], set_name: str) -> dict[str, dict[Key
 
 
 def _model_table(preds: dict[str, dict[Key, Prediction]], judged: dict[str, dict[Key, JudgeScore]],
-                 boot: BootstrapConfig, runs: list[tuple[str, int, str]]) -> dict[str, Any]:
-    """Per model and per arm (seeds pooled): accuracy with CI, per specialty, judge means per dimension."""
-    run_names = [n for _, _, n in runs]
-    groups: dict[str, list[str]] = {f"{arm} (all seeds)": [n for a, _, n in runs if a == arm] for arm in ARMS}
-    groups |= {n: [n] for n in sorted(run_names)} | {n: [n] for n in preds if n not in run_names}
+                 boot: BootstrapConfig, runs: list[ManifestRun]) -> dict[str, Any]:
+    """Per run and reference model (all sets): accuracy with a Wilson CI, per specialty, judge means. The arms'
+    rows (``<arm> (all runs)``) pool their runs for the per-specialty and judge plots only: descriptive."""
+    groups: dict[str, list[str]] = {f"{arm} (all runs)": [r.name for r in runs if r.arm == arm] for arm in ARMS}
+    groups |= {r.name: [r.name] for r in runs} | {n: [n] for n in preds if n not in {r.name for r in runs}}
     out = {}
     for label, names in groups.items():
         ps = [p for n in names for p in preds[n].values()]
@@ -165,8 +193,9 @@ def _model_table(preds: dict[str, dict[Key, Prediction]], judged: dict[str, dict
         spec: dict[str, list[bool]] = defaultdict(list)
         for p in ps:
             spec[p.specialty or "(none)"].append(p.correct)
-        out[label] = {"accuracy": bootstrap_mean([p.correct for p in ps], boot.resamples, boot.seed,
-                                                 boot.confidence).as_dict(),
+        k = sum(p.correct for p in ps)
+        out[label] = {"pooled_runs": len(names) > 1 or label.endswith("(all runs)"),
+                      "n": len(ps), "accuracy": wilson(k, len(ps), boot.confidence).as_dict() if ps else None,
                       "no_answer_rate": _rate(ps),
                       "per_specialty": {s: sum(v) / len(v) for s, v in sorted(spec.items())},
                       "judge": {d: sum(j.scores[d] for j in js) / len(js) for d in RUBRIC_DIMENSIONS} if js else None}
@@ -174,58 +203,129 @@ def _model_table(preds: dict[str, dict[Key, Prediction]], judged: dict[str, dict
 
 
 def _figures(result: dict[str, Any], odir: Path) -> dict[str, str]:
-    models = result["models"]
-    rows = [(m, v["accuracy"]["value"], v["accuracy"]["low"], v["accuracy"]["high"]) for m, v in models.items()]
-    figs = {"accuracy": plot_accuracy(rows, odir / "accuracy_ci.png", "Accuracy per model / arm (all sets)").name}
-    pooled = {m: v for m, v in models.items() if m.endswith("(all seeds)") or m in result["references"]}
-    figs["specialty"] = plot_specialty({m: v["per_specialty"] for m, v in (pooled or models).items()},
-                                       odir / "specialty.png").name
-    radar = {m: v["judge"] for m, v in (pooled or models).items() if v["judge"]}
+    models = {m: v for m, v in result["models"].items() if not v["pooled_runs"] and v["accuracy"]}
+    rows = [(m, v["accuracy"]["estimate"], v["accuracy"]["low"], v["accuracy"]["high"]) for m, v in models.items()]
+    figs = {"accuracy": plot_accuracy(rows, odir / "accuracy_ci.png",
+                                      "Accuracy per run / model, all sets (Wilson CI)").name}
+    groups = {m: v for m, v in result["models"].items() if m.endswith("(all runs)") or m in result["references"]}
+    figs["specialty"] = plot_specialty({m: v["per_specialty"] for m, v in groups.items()}, odir / "specialty.png").name
+    radar = {m: v["judge"] for m, v in groups.items() if v["judge"]}
     if radar:
         figs["rubric_radar"] = plot_radar(radar, odir / "rubric_radar.png").name
     return figs
 
 
-def _est(e: dict[str, Any], digits: int = 3) -> str:
-    return f"{e['value']:+.{digits}f} [{e['low']:+.{digits}f}, {e['high']:+.{digits}f}]"
+def _pts(x: float | None, scale: float = 100.0) -> str:
+    return "n/a" if x is None else f"{scale * x:+.1f}"
 
 
-def _acc(e: dict[str, Any]) -> str:
-    return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+def _iv(e: dict[str, Any] | None, fmt: Callable[[float | None], str]) -> str:
+    return "n/a" if e is None else f"{fmt(e['estimate'])} [{fmt(e['low'])}, {fmt(e['high'])}]"
+
+
+def _prop(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _p(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def headline_lines(result: dict[str, Any]) -> list[str]:
+    """One line per eval set: the difference with its CI and p-value (for the pipeline's summary)."""
+    conf = f"{result['inference']['confidence']:.0%}"
+    out = []
+    for s in result["sets"]:
+        h = s["headline"]
+        out.append(f"- `{s['set']}`: accuracy validated - unvalidated = {_iv(h['difference'], _pts)} points "
+                   f"({conf} CI over test families and training runs; {h['a']['n_runs']} vs {h['b']['n_runs']} "
+                   f"runs, {h['a']['n_items']} items in {h['a']['n_families']} families), p = {_p(h['p_value'])}")
+    return out
+
+
+def _arm_table(training: dict[str, Any]) -> list[list[str]]:
+    head = ["arm", "data seed", "N", "families", "same item ids in the other arm",
+            "identical examples (prompt + completion)", "own answer = key"]
+    rows = [head]
+    for arm, info in (training.get("arms") or {}).items():
+        for sel in info.get("selections") or [info]:
+            agree = sel.get("own_answer") or {}
+            rate = agree.get("rate")
+            rows.append([arm, str(sel.get("data_seed", sel.get("subsample_seed", "?"))), str(sel.get("n", "?")),
+                         str(sel.get("families", "?")), str(sel.get("shared_ids", "n/a")),
+                         str(sel.get("identical_examples", "n/a")),
+                         "n/a" if rate is None else f"{agree.get('agree')}/{sel.get('n')} ({rate:.1%})"])
+    return rows
+
+
+def _set_blocks(s: dict[str, Any], conf: str) -> list[Block]:
+    h = s["headline"]
+    a, b = h["a"], h["b"]
+    blocks = [Block("h2", f"Accuracy on `{s['set']}`"),
+              Block("p", f"Headline: accuracy validated - unvalidated = {_iv(h['difference'], _pts)} points "
+                         f"({conf} CI), p = {_p(h['p_value'])}; {a['n_items']} items in {a['n_families']} "
+                         "test families."),
+              Block("p", h["interpretation"]),
+              Block("table", rows=[["arm", "runs", "mean accuracy", "sd over runs", "per-run accuracy"]] + [
+                  [x["arm"], str(x["n_runs"]), _prop(x["mean"]), _prop(x["sd"]),
+                   ", ".join(f"{r}: {v:.3f}" for r, v in x["run_accuracy"].items())] for x in (a, b)]),
+              Block("table", rows=[["run", "arm", "training seed", "data seed", f"accuracy [{conf} Wilson]",
+                                    "no-answer"]] + [
+                  [r["run"], r["arm"], str(r["seed"]), str(r["data_seed"]), _iv(r["accuracy_wilson"], _prop),
+                   f"{r['no_answer']:.3f}"] for r in s["runs"]]),
+              Block("p", f"Method: {h['method']} Secondary check, a two-level percentile bootstrap (families, "
+                         f"then runs within arm): {_iv(h['bootstrap_secondary'], _pts)} points.")]
+    if s["items_without_family"]:
+        blocks.append(Block("p", f"{s['items_without_family']} items carry no family_id (predictions written "
+                                 "before it was recorded): each counts as its own family."))
+    rows = [["run (validated)", "run (unvalidated)", "only validated right", "only unvalidated right", "p"]]
+    rows += [[m["run_a"], m["run_b"], str(m["a_only"]), str(m["b_only"]), _p(m["p_value"])]
+             for m in s["per_run_mcnemar"]]
+    blocks += [Block("h2", f"Secondary: per-run McNemar on `{s['set']}`"),
+               Block("p", "Descriptive only: each exact McNemar test compares ONE validated run with ONE "
+                          "unvalidated run, treats items as independent and the runs as fixed, so it ignores "
+                          "family clustering and run-to-run variance. Do not count or combine them; the "
+                          "headline above is the test."),
+               Block("table", rows=rows)]
+    j = s["judge"]
+    if j:
+        t = j["total"]
+        blocks += [Block("h2", f"LLM-judge rubric on `{s['set']}` ({j['n_items']} items judged in every run)"),
+                   Block("p", f"Rubric total (0-10) validated - unvalidated = "
+                              f"{_iv(t['difference'], lambda x: _pts(x, 1.0))} ({conf} CI), p = "
+                              f"{_p(t['p_value'])}. {t['interpretation']}"),
+                   Block("table", rows=[["arm", *RUBRIC_DIMENSIONS]] + [
+                       [arm, *(f"{j['dimension_means'][arm][d]:.2f}" for d in RUBRIC_DIMENSIONS)]
+                       for arm in ARMS])]
+    return blocks
 
 
 def render_blocks(r: dict[str, Any]) -> list[Block]:
-    conf = int(round(100 * r["bootstrap"]["confidence"]))
-    b = [Block("h1", "Validated vs unvalidated: paired comparison"),
-         Block("p", f"Manifest `{r['manifest']}`; predictions from `{r['eval_dir']}`. Seeds paired: "
-                    f"{', '.join(map(str, r['seeds']))}. CIs are {conf}% percentile bootstrap "
-                    f"({r['bootstrap']['resamples']} resamples); pooled CIs resample whole items. McNemar: exact "
-                    "binomial test on discordant pairs (b = only validated right, c = only unvalidated right). "
-                    "No-answer counts as wrong and is shown on its own.")]
-    if r["unpaired_runs"]:
-        b.append(Block("p", f"Runs without a partner seed (left out of the paired tests): {', '.join(r['unpaired_runs'])}."))
+    conf = f"{r['inference']['confidence']:.0%}"
+    training = r["training"]
+    per_arm = {arm: [f"{x['name']} (training seed {x['seed']}, data seed {x['data_seed']})"
+                     for x in r["runs"] if x["arm"] == arm] for arm in ARMS}
+    b = [Block("h1", "Validated vs unvalidated: comparison over test families and training runs"),
+         Block("p", f"Manifest `{r['manifest']}` (arm design: {training.get('design') or 'not recorded'}); "
+                    f"predictions from `{r['eval_dir']}`. Runs: "
+                    + "; ".join(f"{arm}: {', '.join(v)}" for arm, v in per_arm.items()) + "."),
+         Block("p", f"How to read the {conf} interval of a difference: {READING}. It accounts for which test "
+                    "families happened to be drawn and for run-to-run training variance. Single proportions "
+                    f"(one run, one model) carry {conf} Wilson intervals. No test pools (item, run) pairs; "
+                    "per-run McNemar tests are a secondary, descriptive table. No-answer counts as wrong and "
+                    "is shown on its own."),
+         Block("p", _contamination_text(r["contamination"]))]
+    if training.get("arms"):
+        b += [Block("h2", "Training arms (from the manifest)"), Block("table", rows=_arm_table(training))]
     for s in r["sets"]:
-        b.append(Block("h2", f"Accuracy on `{s['set']}`"))
-        head = ["seeds", "n", "validated", "unvalidated", "diff (val - unval)", "McNemar b / c", "p", "no-answer val / unval"]
-        b.append(Block("table", rows=[head] + [[x["label"], str(x["n"]), _acc(x["validated"]), _acc(x["unvalidated"]),
-                                               _est(x["diff"]), f"{x['mcnemar']['b']} / {x['mcnemar']['c']}",
-                                               f"{x['mcnemar']['p_value']:.4f}",
-                                               f"{x['no_answer']['validated']:.3f} / {x['no_answer']['unvalidated']:.3f}"]
-                                              for x in s["accuracy"]]))
-        if s["judge"]:
-            b.append(Block("h2", f"LLM-judge rubric on `{s['set']}` (paired diff val - unval, 0-2 per dimension)"))
-            head = ["seeds", "n", *RUBRIC_DIMENSIONS, "total (0-10)", "sign test wins / losses, p"]
-            b.append(Block("table", rows=[head] + [[x["label"], str(x["n"]),
-                                                    *(_est(x["dimensions"][d], 2) for d in RUBRIC_DIMENSIONS),
-                                                    _est(x["total"], 2), f"{x['sign_test']['b']} / {x['sign_test']['c']}, "
-                                                                         f"p={x['sign_test']['p_value']:.4f}"]
-                                                   for x in s["judge"]]))
-    b.append(Block("h2", "Models and arms (all sets)"))
-    b.append(Block("table", rows=[["model / arm", f"accuracy [{conf}% CI]", "no-answer rate", "judge mean (0-2)"]] +
-                   [[m, _acc(v["accuracy"]), f"{v['no_answer_rate']:.3f}",
+        b += _set_blocks(s, conf)
+    b.append(Block("h2", "Runs and models (all sets)"))
+    b.append(Block("table", rows=[["model / run", "n", f"accuracy [{conf} Wilson]", "no-answer rate",
+                                   "judge mean (0-2)"]] +
+                   [[m, str(v["n"]), _iv(v["accuracy"], _prop), f"{v['no_answer_rate']:.3f}",
                      "n/a" if not v["judge"] else f"{sum(v['judge'].values()) / len(v['judge']):.2f}"]
-                    for m, v in r["models"].items()]))
-    captions = {"accuracy": "Accuracy with CI per model and arm", "specialty": "Accuracy per specialty",
+                    for m, v in r["models"].items() if not v["pooled_runs"]]))
+    captions = {"accuracy": "Accuracy with Wilson CI per run and model", "specialty": "Accuracy per specialty",
                 "rubric_radar": "LLM-judge rubric radar"}
     for key, name in r["figures"].items():
         b.append(Block("image", captions[key], rows=[[name]]))

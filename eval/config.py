@@ -88,6 +88,18 @@ class JudgeConfig:
 
 
 @dataclass
+class ContaminationConfig:
+    """What `eval run` checks every eval item against before it serves any model (eval/contamination.py)."""
+
+    store: str = field(default="", metadata={"help": "curation store (URL or SQLite path) to compare with; '' = none"})
+    release: str = field(default="", metadata={"help": "release folder to compare with; '' = release.dir"})
+    seeds_from: list[str] = field(default_factory=list, metadata={
+        "help": "curation configs whose imported seeds (seeds.files minus seeds.exclude) are compared with"})
+    allow_overlap: bool = field(default=False, metadata={
+        "help": "evaluate despite overlaps, reporting contaminated items apart (CLI: --allow-overlap)"})
+
+
+@dataclass
 class EvalConfig:
     out_dir: str = "runs/eval"
     release: ReleaseSource = field(default_factory=ReleaseSource)
@@ -101,6 +113,7 @@ class EvalConfig:
     prompt: str = "eval_cot"
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
     source: str = ""
 
     def __post_init__(self) -> None:

@@ -177,6 +177,39 @@ def manifest_prompt(path: str) -> str | None:
     return data.get("prompt") if isinstance(data, dict) else None
 
 
+@dataclass(frozen=True)
+class ManifestRun:
+    """One training run as the comparison sees it: arm, training seed, data-subsample seed, model name."""
+
+    arm: str
+    seed: int
+    data_seed: int | None  # None in manifests written before runs varied the data subsample
+    name: str
+
+
+def manifest_runs(path: str) -> list[ManifestRun]:
+    """Every run of a manifest with its data seed (``data_seed``, else ``data.subsample_seed``)."""
+    manifest = Path(path)
+    _, runs = _read_manifest(manifest)
+    names = manifest_arms(path)
+    return [ManifestRun(arm, seed, _data_seed(run), name) for (arm, seed, name), run in zip(names, runs)]
+
+
+def _data_seed(run: dict[str, Any]) -> int | None:
+    value = run.get("data_seed", (run.get("data") or {}).get("subsample_seed"))
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def manifest_design(path: str) -> dict[str, Any]:
+    """What the manifest says about the arms: ``design`` (matched | pipeline | None for old manifests) and
+    ``arms`` (per arm: N, families, identical examples, own answer vs key; see training.matrix)."""
+    data, _ = _read_manifest(Path(path))
+    if not isinstance(data, dict):
+        return {"design": None, "arms": {}}
+    arms = data.get("arms") if isinstance(data.get("arms"), dict) else {}
+    return {"design": data.get("design"), "arms": arms, "n_per_arm": data.get("n_per_arm")}
+
+
 def manifest_arms(path: str) -> list[tuple[str, int, str]]:
     """(arm, seed, model name) for every run of a manifest, in file order."""
     manifest = Path(path)

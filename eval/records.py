@@ -45,6 +45,10 @@ class Prediction:
     prompt_version: str
     extractor_version: str
     call_id: int | None = None
+    # the item's family (an item and its paraphrases/expansions share it): the unit the comparison resamples.
+    # Release rows carry it; an external set without families uses the item id (each item its own family).
+    # None only in prediction files written before the field existed (compare then uses the item id too).
+    family_id: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:

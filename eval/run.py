@@ -21,6 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from eval import contamination
 from eval.config import EvalConfig, ModelSpec
 from eval.data import load_eval_sets
 from eval.judge import _params, judge_predictions, judge_summary
@@ -73,7 +74,8 @@ def to_prediction(item: EvalItem, model: str, result: ChatResult, prompt_tag: st
                       question=item.question, options=item.options, gold=item.answer, response=result.content,
                       reasoning=result.reasoning, finish_reason=result.finish_reason, prediction=found.letter,
                       matched_by=found.matched_by, correct=found.letter == item.answer, prompt_version=prompt_tag,
-                      extractor_version=EXTRACTOR_VERSION, call_id=result.call_id)
+                      extractor_version=EXTRACTOR_VERSION, call_id=result.call_id,
+                      family_id=item.family_id or item.id)  # no family recorded: the item is its own family
 
 
 async def generate(client: LLMClient, group: ServerGroup, items: list[EvalItem], cfg: EvalConfig,
@@ -143,6 +145,7 @@ async def run_eval_async(cfg: EvalConfig, progress: bool = True) -> dict[str, An
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     items, models = load_eval_sets(cfg), resolve_models(cfg)
+    checked = contamination.gate(cfg, items)  # before any model is served: overlaps refused (exit 2)
     identities = {m.name: model_identity(m, cfg.server.managed) for m in models}
     groups = server_groups(models)
     judge_group = _judge_group(groups, cfg)
@@ -165,7 +168,7 @@ async def run_eval_async(cfg: EvalConfig, progress: bool = True) -> dict[str, An
             judged.update(await _judge_external(preds, cfg, store))
     finally:
         store.close()
-    return write_outputs(cfg, models, identities, preds, judged, stats, time.perf_counter() - start)
+    return write_outputs(cfg, models, identities, preds, judged, stats, time.perf_counter() - start, checked)
 
 
 async def _judge_all(client: LLMClient, group: ServerGroup, preds: dict[str, list[Prediction]],
@@ -190,17 +193,22 @@ def _by_model(scores: list[JudgeScore], preds: dict[str, list[Prediction]]) -> d
 
 def write_outputs(cfg: EvalConfig, models: list[ModelSpec], identities: dict[str, str],
                   preds: dict[str, list[Prediction]], judged: dict[str, list[JudgeScore]],
-                  stats: dict[str, Any], seconds: float) -> dict[str, Any]:
+                  stats: dict[str, Any], seconds: float,
+                  checked: contamination.CheckResult | None = None) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     boot = cfg.bootstrap
     results: dict[str, Any] = {"config": cfg.source, "extractor_version": EXTRACTOR_VERSION,
-                               "prompt": cfg.prompt, "seconds": round(seconds, 2), "llm": stats, "models": {}}
+                               "prompt": cfg.prompt, "seconds": round(seconds, 2), "llm": stats, "models": {},
+                               "contamination": contamination.results_record(checked, cfg.contamination.allow_overlap)}
+    dirty = checked.overlapping_keys() if checked is not None else set()
     for spec in models:
         write_jsonl(out / PRED_DIR / f"{spec.name}.jsonl", preds[spec.name])
         info: dict[str, Any] = {"kind": spec.kind, "path": spec.path, "base": spec.base, "arm": spec.arm,
                                 "seed": spec.seed, "identity": identities[spec.name],
                                 "predictions": str(out / PRED_DIR / f"{spec.name}.jsonl"),
                                 "sets": model_metrics(preds[spec.name], boot)}
+        if dirty:  # --allow-overlap: accuracy on the clean and on the contaminated items, apart
+            info["contamination"] = contamination.split_metrics(preds[spec.name], dirty, boot)
         if spec.name in judged:
             write_jsonl(out / JUDGE_DIR / f"{spec.name}.jsonl", judged[spec.name])
             info["judge"] = judge_summary(judged[spec.name], boot.resamples, boot.seed)
@@ -218,6 +226,8 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines = ["# medcot eval results", "", f"- extractor: `{results['extractor_version']}`; prompt: "
              f"`{results['prompt']}`; no-answer counts as wrong and is reported on its own", "",
              metrics_markdown(results), ""] + [f"**Note:** {n}" for n in results["notes"]]
+    if "contamination" in results:
+        lines += ["", *contamination.markdown_lines(results["contamination"], results["models"])]
     judged = {m: i["judge"] for m, i in results["models"].items() if "judge" in i}
     if judged:
         lines += ["## LLM judge (mean rubric total, 0-10)", "", "| model | judged | failures | total [CI] |",

@@ -93,11 +93,5 @@ async def eval_stage(ctx: RunContext) -> dict[str, Any]:
 
 
 def _pooled_line(comparison: dict[str, Any]) -> str:
-    lines = []
-    for s in comparison["sets"]:
-        row = s["accuracy"][-1]
-        d, m = row["diff"], row["mcnemar"]
-        lines.append(f"- `{s['set']}` ({row['label']}, n={row['n']}): accuracy validated - unvalidated = "
-                     f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], McNemar b={m['b']} c={m['c']} "
-                     f"p={m['p_value']:.3f}")
-    return "\n".join(lines)
+    from eval.compare import headline_lines
+    return "\n".join(headline_lines(comparison))

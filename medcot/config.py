@@ -85,6 +85,8 @@ class GenerateConfig:
 class SeedsConfig:
     files: list[str] = field(default_factory=list)
     per_file_limit: int | None = None
+    exclude: list[str] = field(default_factory=list, metadata={
+        "help": "files naming seed ids never to import (held-out eval items): .txt (one id a line) or seed JSONL"})
 
 
 # ---- expansion, specialty, five-strike (issue 3) -------------------------------------------------------
@@ -132,11 +134,6 @@ class ExpandConfig:
     facts_sampling: FactsSampling = field(default_factory=FactsSampling)
     questions_sampling: QuestionSampling = field(default_factory=QuestionSampling)
     max_facts: int = field(default=8, metadata={"help": "at most this many key facts (and steps) per seed"})
-    ngram: int = field(default=3, metadata={"help": "character n-gram size of the similarity checks"})
-    near_duplicate_threshold: float = field(
-        default=0.7, metadata={"help": "n-gram Jaccard (stem + options) >= this vs the seed or a sibling: dropped"})
-    copy_threshold: float = field(default=0.85, metadata={"help": "stem n-gram Jaccard >= this vs the seed stem: "
-                                                                   "a copy of the seed (structure check)"})
     generate_cot: bool = field(default=True, metadata={"help": "answer accepted items with a CoT right away"})
     limit: int | None = field(default=None, metadata={"help": "expand at most N families (None = all)"})
 
@@ -145,10 +142,8 @@ class ExpandConfig:
             raise ConfigError("expand.factor must be >= 1")
         if not self.aspects or len(set(self.aspects)) != len(self.aspects):
             raise ConfigError("expand.aspects must be a non-empty list without repeats")
-        if not 0.0 < self.near_duplicate_threshold <= 1.0 or not 0.0 < self.copy_threshold <= 1.0:
-            raise ConfigError("expand.near_duplicate_threshold and expand.copy_threshold must be in (0, 1]")
-        if self.ngram < 1 or self.max_facts < 1:
-            raise ConfigError("expand.ngram and expand.max_facts must be >= 1")
+        if self.max_facts < 1:
+            raise ConfigError("expand.max_facts must be >= 1")
 
 
 @dataclass
@@ -308,14 +303,10 @@ class BuildConfig:
     allow_automated_reviewers: bool = field(default=False, metadata={
         "help": "let items approved by automated (LLM/demo) reviewers into `validated`, labelled "
                 "'automated, NOT expert-validated' in every row and in the card (demo only)"})
-    near_duplicate_threshold: float = field(default=0.8, metadata={
-        "help": "Jaccard similarity of character 5-grams above which a test/validation item counts as a "
-                "near-duplicate of a train item (reported, not removed)"})
     shard_rows: int = field(default=50000, metadata={"help": "max rows per Parquet shard"})
     repo_id: str = field(default="", metadata={"help": "Hub dataset repo (ORG/NAME) named in the card"})
     pretty_name: str = "medcot: human-verified medical chain-of-thought"
     license: str = field(default="other", metadata={"help": "Hub licence id of the release (rows keep their seed licence)"})
-    rater_salt: str = field(default="medcot", metadata={"help": "salt of the published reviewer id hashes"})
 
     def __post_init__(self) -> None:
         if set(self.splits) != {"train", "validation", "test"}:
@@ -323,8 +314,6 @@ class BuildConfig:
         if any(not isinstance(v, (int, float)) or v < 0 for v in self.splits.values()) or \
                 abs(sum(self.splits.values()) - 1.0) > 1e-6 or self.splits["train"] <= 0:
             raise ConfigError(f"build.splits must be non-negative fractions summing to 1 with train > 0: {self.splits}")
-        if not 0.0 < self.near_duplicate_threshold <= 1.0:
-            raise ConfigError("build.near_duplicate_threshold must be in (0, 1]")
         if self.shard_rows < 1:
             raise ConfigError("build.shard_rows must be >= 1")
         if self.repo_id and self.repo_id.count("/") != 1:

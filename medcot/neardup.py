@@ -1,7 +1,8 @@
 """The near-duplicate rule for multiple-choice questions, Chinese and English (RULE_VERSION "neardup@1").
 
-One rule for every user: expansion (a candidate against its seed and siblings), the release builder
-(duplicates inside a release) and the eval contamination check (eval items against training items).
+One rule for every user: expansion (a candidate against its seed, its siblings and the store; its "copy of
+the seed" check is `stem_similarity` >= THRESHOLD), the release builder (validation/test rows against train
+rows) and the eval contamination check (eval items against training items).
 
 What is compared
     An item is its stem (the question) and its options. Option letters are dropped and the options are
@@ -12,9 +13,10 @@ What is compared
 
 Normalisation (`normalize`)
     Unicode NFKC, casefold, traditional -> simplified Chinese (OpenCC "t2s"), then every punctuation,
-    whitespace, control and format character (Unicode categories P*, Z*, C*) is removed; letters, digits
-    and symbols (%, +, ±, °) stay. Option labels ("A.", "(B)", "C、") are stripped only when every option
-    carries its own label in order (so "A. fumigatus" as the only such option is left alone).
+    whitespace, control and format character (Unicode categories P*, Z*, C*) is removed; letters, digits,
+    symbols (+, ±, °, ×), the percent signs (%, ‰) and a decimal point between two digits stay. Option
+    labels ("A.", "(B)", "C、") are stripped only when every option carries its own label in order (so
+    "A. fumigatus" as the only such option is left alone).
 
 Features (`features`)
     Language "zh" or "en": `DupText.language` if it starts with one of them, else detected (zh when at
@@ -31,15 +33,23 @@ Similarity (`similarity`, `is_near_duplicate`)
     Items without options on both sides are compared on the stem alone; options on one side only: 0.
 
 Scale (`NearDupIndex`, `find_matches`, `find_pairs_within`)
-    Candidates come from datasketch MinHash (NUM_PERM permutations, fixed MINHASH_SEED, deterministic)
-    + MinHashLSH over the OPTION grams (the stem grams for items without options): a pair can only be a
-    duplicate if its options match, and option sets are short and stable, while a stem may be contained
-    in a much longer one (low stem Jaccard). Every candidate is then verified exactly on the gram sets,
-    so a reported pair really is >= THRESHOLD; same id and equal normalised text are looked up exactly.
+    Candidates come from MinHash + LSH banding over the OPTION grams (the stem grams for items without
+    options): a pair can only be a duplicate if its options match, and option sets are short and stable,
+    while a stem may be contained in a much longer one (low stem Jaccard). Every candidate is then verified
+    exactly on the gram sets, so a reported pair really is >= THRESHOLD; same id and equal normalised text
+    are looked up exactly. The MinHash is computed here with numpy, many items per pass (polynomial hashes of
+    the grams' code points, splitmix64-mixed, NUM_PERM multiply-shift permutations from a fixed MINHASH_SEED:
+    deterministic across processes; the LSH hashes the grams straight from the normalised text, the exact
+    gram sets are only built for items that become candidates),
+    not with datasketch: its per-token Python hashing and per-band inserts cost ~0.4 ms per item, 13 s for
+    a 36k-item release, most of the builder's 15 s budget. The banding (LSH_BANDS x LSH_ROWS) is the same.
 
 Known limits
-    A one-character substitution is matched when the stem has >= 12 normalised CJK characters (below that
-    5 changed grams weigh too much). The rule is textual: a one-character change that flips the meaning
+    The index proposes a pair whose option-gram Jaccard is >= 0.5 with probability >= 0.996 (see the LSH
+    constants); a pair that passes only by containment of a much smaller option set (2 options inside 5), or
+    two option-less items whose stems match only by containment, can have a lower Jaccard and be missed by
+    the index although `similarity` accepts it. A one-character substitution is matched when the stem has
+    >= 12 normalised CJK characters (below that 5 changed grams weigh too much). The rule is textual: a one-character change that flips the meaning
     (左 -> 右) is still a near duplicate, and a paraphrase or translation is not one.
 """
 from __future__ import annotations
@@ -50,10 +60,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import opencc
-from datasketch import MinHash, MinHashLSH
 
 RULE_VERSION = "neardup@1"
+RULE_SUMMARY = (f"{RULE_VERSION}: two items are near-duplicates when, after NFKC, case folding, traditional -> "
+                "simplified Chinese (OpenCC t2s) and removal of punctuation and option letters, both their stems "
+                "and their option sets (order ignored) overlap by at least 0.75 in character 2-3-grams (Chinese) "
+                "or 5-grams (English), Jaccard or containment of the smaller text, verified exactly after a "
+                "MinHash/LSH candidate search")
 
 # Decision threshold, the same for the stem and the options. A one-character substitution in a zh stem of
 # L normalised characters changes at most 5 of its 2L - 3 grams (2 bigrams + 3 trigrams): containment
@@ -78,6 +93,7 @@ MINHASH_SEED = 20250510
 KINDS = ("same_id", "exact", "near")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 _LABEL = re.compile(r"^\s*[(\[（【]?\s*([A-Za-z])\s*[)\]）】.．、:：]\s*")
+_KEPT_PUNCTUATION = frozenset("%‰‱")  # punctuation (category P) that changes a quantity
 _WHOLE = "\x00"  # prefix of a whole-option token; control characters never survive `normalize`
 
 
@@ -99,14 +115,37 @@ class Match:
     similarity: float  # 1.0 for exact
 
 
-@dataclass(frozen=True, slots=True)
 class Features:
-    """The rule's view of one item: its language, exact key and the two gram sets."""
+    """The rule's view of one item: its language, exact key and the two gram sets (the stem's is made on first
+    use: most items are never verified against another, and stems are the long part)."""
 
-    language: str
-    key: str  # normalised stem + sorted normalised options: equal keys are "exact" duplicates
-    stem: frozenset[str]
-    options: frozenset[str]
+    __slots__ = ("language", "key", "stem_text", "option_list", "_stem", "_options")
+
+    def __init__(self, language: str, stem_text: str, option_list: list[str]) -> None:
+        self.language = language
+        self.stem_text = stem_text  # the normalised stem
+        self.option_list = option_list  # the normalised, non-empty options, sorted
+        self.key = stem_text + "\x1f" + "\x1e".join(option_list)  # equal keys are "exact" duplicates
+        self._stem: frozenset[str] | None = None
+        self._options: frozenset[str] | None = None
+
+    @property
+    def stem(self) -> frozenset[str]:
+        """The stem's character n-grams."""
+        if self._stem is None:
+            self._stem = frozenset(_grams(self.stem_text, NGRAMS[self.language]))
+        return self._stem
+
+    @property
+    def options(self) -> frozenset[str]:
+        """Every option's n-grams and the whole option (as _WHOLE + text), pooled: order-free."""
+        if self._options is None:
+            grams: set[str] = set()
+            for text in self.option_list:
+                grams |= _grams(text, NGRAMS[self.language])
+                grams.add(_WHOLE + text)
+            self._options = frozenset(grams)
+        return self._options
 
 
 # ---- normalisation -----------------------------------------------------------------------------
@@ -115,15 +154,36 @@ def _t2s() -> opencc.OpenCC:
     return opencc.OpenCC("t2s")
 
 
-@lru_cache(maxsize=65536)
-def _keep(ch: str) -> bool:
-    return unicodedata.category(ch)[0] not in "PZC"
+class _DropTable(dict[int, str | None]):
+    """str.translate table, filled on first sight of a code point: None (drop) for punctuation, separators and
+    control/format characters, except the kept percent signs and "." (dots not between digits go earlier)."""
+
+    def __missing__(self, code: int) -> str | None:
+        ch = chr(code)
+        kept = ch == "." or ch in _KEPT_PUNCTUATION or unicodedata.category(ch)[0] not in "PZC"
+        self[code] = ch if kept else None
+        return self[code]
+
+
+_SEP = "\x1f"  # joins the texts of one item for one pass of the converters (a control character: never kept)
+_DROP = _DropTable({ord(_SEP): _SEP})
+_LONE_DOT = re.compile(r"(?<!\d)\.|\.(?!\d)")  # a dot that is not a decimal point
+
+
+def normalize_many(texts: Sequence[str]) -> list[str]:
+    """`normalize` of each text, in one pass of NFKC, casefolding and OpenCC over the texts joined by _SEP
+    (which blocks composition and phrase conversion across texts)."""
+    joined = _SEP.join(t.replace(_SEP, " ") for t in texts)
+    folded = _t2s().convert(unicodedata.normalize("NFKC", joined).casefold())
+    if "." in folded:
+        folded = _LONE_DOT.sub("", folded)
+    return folded.translate(_DROP).split(_SEP)
 
 
 def normalize(text: str) -> str:
-    """NFKC, casefold, traditional -> simplified, no punctuation, whitespace or control characters."""
-    folded = _t2s().convert(unicodedata.normalize("NFKC", text).casefold())
-    return "".join(filter(_keep, folded))
+    """NFKC, casefold, traditional -> simplified, no punctuation, whitespace or control characters
+    (but %, ‰ and a decimal point between digits stay: 37.5% is not 375)."""
+    return normalize_many([text])[0]
 
 
 def _strip_labels(values: list[str], labels: list[str]) -> list[str]:
@@ -135,17 +195,19 @@ def _strip_labels(values: list[str], labels: list[str]) -> list[str]:
     return values
 
 
+def _raw_options(options: Mapping[str, str] | Sequence[str]) -> list[str]:
+    """The option texts without their labels, not normalised yet."""
+    if isinstance(options, Mapping):
+        return _strip_labels([str(v) for v in options.values()], [str(k) for k in options])
+    if isinstance(options, str):
+        return [options]
+    values = [str(v) for v in options]
+    return _strip_labels(values, [chr(ord("A") + i) for i in range(len(values))])
+
+
 def option_texts(options: Mapping[str, str] | Sequence[str]) -> list[str]:
     """The normalised, non-empty option texts, sorted (their order and letters do not matter)."""
-    if isinstance(options, Mapping):
-        keys = [str(k) for k in options]
-        values = _strip_labels([str(v) for v in options.values()], keys)
-    elif isinstance(options, str):
-        values = [options]
-    else:
-        values = [str(v) for v in options]
-        values = _strip_labels(values, [chr(ord("A") + i) for i in range(len(values))])
-    return sorted(n for n in map(normalize, values) if n)
+    return sorted(n for n in normalize_many(_raw_options(options)) if n)
 
 
 def language_of(item: DupText) -> str:
@@ -167,17 +229,9 @@ def _grams(text: str, sizes: tuple[int, ...]) -> set[str]:
 
 
 def features(item: DupText) -> Features:
-    """The gram sets the rule compares (stem and options apart) and the exact key."""
-    lang = language_of(item)
-    sizes = NGRAMS[lang]
-    stem = normalize(item.question)
-    opts = option_texts(item.options)
-    option_grams: set[str] = set()
-    for text in opts:
-        option_grams |= _grams(text, sizes)
-        option_grams.add(_WHOLE + text)
-    key = stem + "\x1f" + "\x1e".join(opts)
-    return Features(lang, key, frozenset(_grams(stem, sizes)), frozenset(option_grams))
+    """The item's normalised stem and options, its exact key and (on first use) the gram sets the rule compares."""
+    stem, *opts = normalize_many([item.question, *_raw_options(item.options)])
+    return Features(language_of(item), stem, sorted(o for o in opts if o))
 
 
 def overlap(a: frozenset[str], b: frozenset[str]) -> float:
@@ -194,9 +248,9 @@ def overlap(a: frozenset[str], b: frozenset[str]) -> float:
 
 def part_scores(fa: Features, fb: Features) -> tuple[float, float]:
     """(stem overlap, option overlap); options missing on both sides count as equal, on one side as 0."""
-    if not fa.options and not fb.options:
+    if not fa.option_list and not fb.option_list:
         options = 1.0
-    elif not fa.options or not fb.options:
+    elif not fa.option_list or not fb.option_list:
         options = 0.0
     else:
         options = overlap(fa.options, fb.options)
@@ -213,27 +267,131 @@ def similarity(a: DupText, b: DupText) -> float:
     return score(features(a), features(b))
 
 
+def stem_similarity(a: DupText, b: DupText) -> float:
+    """The rule's overlap of the two stems alone (1.0 for the same normalised stem), options ignored: how far
+    one question's wording copies another's (expansion's "copy of the seed" check)."""
+    fa, fb = features(a), features(b)
+    return 1.0 if fa.stem_text == fb.stem_text else overlap(fa.stem, fb.stem)
+
+
 def is_near_duplicate(a: DupText, b: DupText) -> bool:
     """Same normalised text, or similarity >= THRESHOLD (ids are not looked at)."""
     return similarity(a, b) >= THRESHOLD
 
 
 # ---- candidate generation --------------------------------------------------------------------------
-@lru_cache(maxsize=1)
-def _permutations() -> object:
-    return MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED).permutations
+_U64 = np.uint64
+_RNG = np.random.default_rng(MINHASH_SEED)
+_PERM_A = _RNG.integers(0, np.iinfo(np.uint64).max, size=NUM_PERM, dtype=np.uint64, endpoint=True) | _U64(1)
+_PERM_B = _RNG.integers(0, np.iinfo(np.uint64).max, size=NUM_PERM, dtype=np.uint64, endpoint=True)
+_BAND_MIX = _RNG.integers(0, np.iinfo(np.uint64).max, size=LSH_ROWS, dtype=np.uint64, endpoint=True) | _U64(1)
+_CHUNK = 1 << 15  # tokens per block of the (tokens x NUM_PERM) minimum
 
 
-def _lsh_tokens(f: Features) -> list[bytes]:
-    """The set the LSH indexes: the option grams, or the stem grams for an item without options."""
-    tag, grams = ("o", f.options) if f.options else ("s", f.stem)
-    return sorted((tag + g).encode("utf-8") for g in grams)
+_POW = np.cumprod(np.full(4096, 0x100000001B3, dtype=np.uint64), dtype=np.uint64)  # P^1 .. P^4096 mod 2^64
+_WHOLE_TAG, _STEM_TAG = np.uint64(0x5BD1E9955BD1E995), np.uint64(0xC2B2AE3D27D4EB4F)
 
 
-def _minhash(tokens: list[bytes]) -> MinHash:
-    m = MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED, permutations=_permutations(), scheme="affine32")
-    m.update_batch(tokens)
-    return m
+def _powers(n: int) -> np.ndarray:
+    global _POW
+    while len(_POW) < n:
+        with np.errstate(over="ignore"):
+            _POW = np.concatenate([_POW, _POW * _POW[-1]])
+    return _POW[:n]
+
+
+def _text_token_hashes(texts: list[str], docs: list[int], sizes: tuple[int, ...], tag: np.uint64
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(hash, doc) of every character n-gram (n in sizes) inside each text and of each whole text, from the
+    code points in one numpy pass: the LSH's view of the gram sets (duplicates do not change a minimum)."""
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    text_of = np.repeat(np.arange(len(texts)), lengths)
+    pos = np.arange(len(cps)) - starts[text_of]  # position inside its text
+    doc_arr = np.asarray(docs, dtype=np.int64)
+    hashes, owners = [], []
+    with np.errstate(over="ignore"):
+        for n in sizes:
+            last = len(cps) - n + 1
+            if last <= 0:
+                continue
+            h = cps[:last] * _U64(n)
+            for k in range(n):
+                h = h + cps[k:last + k] * _POW[k]
+            inside = pos[:last] <= (lengths[text_of[:last]] - n)
+            hashes.append(h[inside])
+            owners.append(doc_arr[text_of[:last][inside]])
+        weighted = cps * _powers(int(lengths.max(initial=0)))[pos] if len(cps) else cps
+        whole = np.add.reduceat(weighted, starts) if len(cps) else weighted
+        hashes.append((whole + lengths.astype(np.uint64)) ^ _WHOLE_TAG)
+        owners.append(doc_arr)
+    return np.concatenate(hashes) ^ tag, np.concatenate(owners)
+
+
+def _token_hashes(feats: Sequence[Features]) -> tuple[np.ndarray, np.ndarray]:
+    """(hash, item index) of the tokens the LSH indexes: option grams and whole options, or for an item
+    without options its stem's grams and whole stem, tagged apart."""
+    groups: dict[tuple[tuple[int, ...], bool], tuple[list[str], list[int]]] = {}
+    for i, f in enumerate(feats):
+        texts = f.option_list or ([f.stem_text] if f.stem_text else [])
+        texts_of, docs_of = groups.setdefault((NGRAMS[f.language], not f.option_list), ([], []))
+        texts_of.extend(texts)
+        docs_of.extend([i] * len(texts))
+    parts = [_text_token_hashes(texts, docs, sizes, _STEM_TAG if stem else _U64(0))
+             for (sizes, stem), (texts, docs) in groups.items() if texts]
+    if not parts:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    hashes = np.concatenate([h for h, _ in parts])
+    owners = np.concatenate([d for _, d in parts])
+    order = np.argsort(owners, kind="stable")
+    return _mix64(hashes[order]), owners[order]
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: spreads the polynomial hashes over all 64 bits."""
+    with np.errstate(over="ignore"):
+        x = x + _U64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
+        return x ^ (x >> _U64(31))
+
+
+def signatures(feats: Sequence[Features]) -> list[np.ndarray | None]:
+    """MinHash signatures (NUM_PERM values each; None for an item with nothing to index), computed for all items
+    at once: permutation k of a token hash h is the top 32 bits of (a_k h + b_k) mod 2^64 (multiply-shift)."""
+    hashes, owners = _token_hashes(feats)
+    out: list[np.ndarray | None] = [None] * len(feats)
+    if not len(hashes):
+        return out
+    docs, firsts = np.unique(owners, return_index=True)
+    bounds = np.append(firsts, len(hashes))
+    lo = 0
+    while lo < len(docs):  # blocks of whole items, about _CHUNK tokens each
+        hi = max(lo + 1, int(np.searchsorted(bounds, bounds[lo] + _CHUNK, side="right")) - 1)
+        hi = min(hi, len(docs))
+        block = hashes[bounds[lo]:bounds[hi]]
+        with np.errstate(over="ignore"):
+            values = np.multiply.outer(block, _PERM_A)
+            values += _PERM_B
+            values >>= _U64(32)
+        for doc, sig in zip(docs[lo:hi].tolist(), np.minimum.reduceat(values, bounds[lo:hi] - bounds[lo], axis=0)):
+            out[doc] = sig
+        lo = hi
+    return out
+
+
+def band_keys(sig: np.ndarray | None) -> list[int]:
+    """One hashed key per LSH band (LSH_BANDS bands of LSH_ROWS signature values)."""
+    if sig is None:
+        return []
+    rows = sig[:LSH_BANDS * LSH_ROWS].reshape(LSH_BANDS, LSH_ROWS)
+    with np.errstate(over="ignore"):
+        return (rows * _BAND_MIX[None, :]).sum(axis=1, dtype=np.uint64).tolist()
+
+
+def _keys_of(feats: Sequence[Features]) -> list[list[int]]:
+    return [band_keys(sig) for sig in signatures(feats)]
 
 
 def _rank(m: Match) -> tuple[int, float, str]:
@@ -241,47 +399,67 @@ def _rank(m: Match) -> tuple[int, float, str]:
 
 
 class NearDupIndex:
-    """Items indexed for near-duplicate queries: exact lookups by id and normalised text, LSH for the rest."""
+    """Items indexed for near-duplicate queries: exact lookups by id and normalised text, LSH for the rest.
+    Adding or querying many items at once (the constructor, `add_many`, `query_many`) is much faster than one
+    by one: signatures are computed in one numpy pass."""
 
     def __init__(self, items: Iterable[DupText] = ()) -> None:
-        self._lsh = MinHashLSH(num_perm=NUM_PERM, params=(LSH_BANDS, LSH_ROWS))
+        # band key -> first item; later items with that key in _more (ints only: the garbage collector skips them)
+        self._bands: list[dict[int, int]] = [{} for _ in range(LSH_BANDS)]
+        self._more: dict[tuple[int, int], list[int]] = {}
         self._ids: list[str] = []
         self._features: list[Features] = []
         self._by_id: dict[str, list[int]] = {}
         self._by_key: dict[str, list[int]] = {}
-        for item in items:
-            self.add(item)
+        self.add_many(items)
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def add(self, item: DupText) -> None:
         """Index one item (an id seen before is kept too: queries then report both as same_id)."""
-        self._add(item.id, features(item))
+        self.add_many([item])
+
+    def add_many(self, items: Iterable[DupText]) -> None:
+        items = list(items)
+        feats = [features(x) for x in items]
+        for item, f, keys in zip(items, feats, _keys_of(feats)):
+            self._add(item.id, f, keys)
 
     def query(self, item: DupText, *, exclude_id: str | None = None) -> list[Match]:
         """Every indexed item that has the item's id, its normalised text or a verified near-duplicate
         score, best first (same_id, exact, near; then by similarity). Items with id `exclude_id` are left out."""
-        return self._query(item.id, features(item), exclude_id)
+        return self.query_many([item], exclude_id=exclude_id)[0]
 
-    def _add(self, item_id: str, f: Features) -> None:
+    def query_many(self, items: Sequence[DupText], *, exclude_id: str | None = None) -> list[list[Match]]:
+        """`query` for each item, in order."""
+        feats = [features(x) for x in items]
+        return [self._query(x.id, f, keys, exclude_id) for x, f, keys in zip(items, feats, _keys_of(feats))]
+
+    def _add(self, item_id: str, f: Features, keys: list[int]) -> None:
         n = len(self._ids)
         self._ids.append(item_id)
         self._features.append(f)
         self._by_id.setdefault(item_id, []).append(n)
         self._by_key.setdefault(f.key, []).append(n)
-        if tokens := _lsh_tokens(f):
-            self._lsh.insert(n, _minhash(tokens), check_duplication=False)
+        for b, (band, key) in enumerate(zip(self._bands, keys)):
+            if key in band:
+                self._more.setdefault((b, key), []).append(n)
+            else:
+                band[key] = n
 
-    def _candidates(self, item_id: str, f: Features) -> set[int]:
+    def _candidates(self, item_id: str, f: Features, keys: list[int]) -> set[int]:
         found = set(self._by_id.get(item_id, ())) | set(self._by_key.get(f.key, ()))
-        if len(self._ids) and (tokens := _lsh_tokens(f)):
-            found.update(self._lsh.query(_minhash(tokens)))
+        for b, (band, key) in enumerate(zip(self._bands, keys)):
+            first = band.get(key)
+            if first is not None:
+                found.add(first)
+                found.update(self._more.get((b, key), ()))
         return found
 
-    def _query(self, item_id: str, f: Features, exclude_id: str | None) -> list[Match]:
+    def _query(self, item_id: str, f: Features, keys: list[int], exclude_id: str | None) -> list[Match]:
         matches = []
-        for n in self._candidates(item_id, f):
+        for n in self._candidates(item_id, f, keys):
             other = self._ids[n]
             if other == exclude_id:
                 continue
@@ -297,16 +475,15 @@ class NearDupIndex:
 
 def find_matches(reference: Sequence[DupText], queries: Sequence[DupText]) -> list[Match]:
     """Every (query, reference item) that matches, grouped by query in input order, best first per query."""
-    index = NearDupIndex(reference)
-    return [m for q in queries for m in index.query(q)]
+    return [m for found in NearDupIndex(reference).query_many(queries) for m in found]
 
 
 def find_pairs_within(items: Sequence[DupText]) -> list[Match]:
     """Duplicates inside one collection, each pair once: query_id is the later item, matched_id the earlier."""
     index = NearDupIndex()
+    feats = [features(x) for x in items]
     found: list[Match] = []
-    for item in items:
-        f = features(item)
-        found.extend(index._query(item.id, f, None))
-        index._add(item.id, f)
+    for item, f, keys in zip(items, feats, _keys_of(feats)):
+        found.extend(index._query(item.id, f, keys, None))
+        index._add(item.id, f, keys)
     return found

@@ -5,6 +5,7 @@ import csv
 import hashlib
 import json
 import re
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,12 +144,38 @@ def _known_licence(seed_id: str) -> str | None:
     return KNOWN_LICENCES.get(prefix)
 
 
+def read_id_list(path: Path) -> set[str]:
+    """The ids an `exclude` file names: a .txt file (one id a line; blank lines and '#' comments ignored)
+    or a seed JSONL/CSV file (the `id` of each record)."""
+    if not path.is_file():
+        raise SeedError([SeedIssue(str(path), 0, "(file)", "no such file (seeds.exclude)")])
+    if path.suffix.lower() == ".txt":
+        lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8-sig").splitlines())
+        return {line for line in lines if line}
+    ids, issues = set(), []
+    for line, raw in read_records(path):
+        if not isinstance(raw, dict) or not isinstance(raw.get("id"), str) or not raw["id"].strip():
+            issues.append(SeedIssue(str(path), line, "id", "an exclude file needs a non-empty string id per record"))
+            continue
+        ids.add(raw["id"].strip())
+    if issues:
+        raise SeedError(issues)
+    return ids
+
+
+def excluded_ids(paths: Iterable[str | Path]) -> set[str]:
+    """The union of the ids named by every `seeds.exclude` file."""
+    return set().union(*(read_id_list(Path(p)) for p in paths))
+
+
 def load_seeds(path: Path, store: Store | None, limit: int | None = None,
-               skip_existing: bool = False) -> list[Seed]:
+               skip_existing: bool = False, exclude: Collection[str] = ()) -> list[Seed]:
     """Validate a whole file; return its first `limit` seeds (all by default).
     Raises SeedError listing every problem (file, line, field).
     skip_existing: seeds whose id is already in the store are left out instead of being errors
-    (used by `medcot run`, which re-imports its configured files on every run)."""
+    (used by `medcot run`, which re-imports its configured files on every run).
+    exclude: ids never imported (held-out eval items); they are validated with the file but left out
+    before `limit` applies."""
     p = str(path)
     if not path.is_file():
         raise SeedError([SeedIssue(p, 0, "(file)", "no such file")])
@@ -168,7 +195,8 @@ def load_seeds(path: Path, store: Store | None, limit: int | None = None,
             issues.append(SeedIssue(p, line, "question", f"duplicate question (same as line {seen_q[norm]})"))
         seen_ids.setdefault(seed.id, line)
         seen_q.setdefault(norm, line)
-        seeds.append((line, seed))
+        if seed.id not in exclude:
+            seeds.append((line, seed))
     if not issues and store is not None:
         seeds = _against_store(seeds[:limit], store, p, skip_existing, issues)
     if issues:
@@ -193,7 +221,8 @@ def _against_store(seeds: list[tuple[int, Seed]], store: Store, path: str, skip_
     return kept
 
 
-def import_seeds(path: Path, store: Store, limit: int | None = None, skip_existing: bool = False) -> int:
-    """Validate, then write all seeds in one transaction. On any error nothing is written."""
-    seeds = load_seeds(path, store, limit=limit, skip_existing=skip_existing)
+def import_seeds(path: Path, store: Store, limit: int | None = None, skip_existing: bool = False,
+                 exclude: Collection[str] = ()) -> int:
+    """Validate, then write all seeds (but the `exclude`d ids) in one transaction. On any error nothing is written."""
+    seeds = load_seeds(path, store, limit=limit, skip_existing=skip_existing, exclude=exclude)
     return store.add_items(Item.from_seed(s) for s in seeds)

@@ -1,78 +1,78 @@
 """The builder's parts: family split assignment, near-duplicate detection, row checks, the lm-eval task files."""
 from __future__ import annotations
 
-import random
+from collections import Counter
 from pathlib import Path
 
+import opencc
 import pytest
 import yaml
 
 from dataset_builder import lmeval_utils as U
-from dataset_builder.features import ReleaseRow, empty_consensus, empty_five_strike
+from dataset_builder.build import near_duplicate_pairs
+from dataset_builder.features import CONFIGS, ReleaseRow, empty_consensus, empty_five_strike
 from dataset_builder.integrity import check_row_schema
 from dataset_builder.lmeval import write_task_folder
-from dataset_builder.neardup import GramIndex, find_near_duplicates, jaccard
 from dataset_builder.rows import original_texts
-from dataset_builder.splits import assign_families, split_counts
+from dataset_builder.splits import SPLIT_RULE, assign_families, family_position, split_of
+from medcot.neardup import THRESHOLD
+
+FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
 
-def test_split_counts_respect_fractions_and_keep_every_split() -> None:
-    fr = {"train": 0.8, "validation": 0.1, "test": 0.1}
-    assert split_counts(1000, fr) == {"validation": 100, "test": 100, "train": 800}
-    assert split_counts(8, fr) == {"validation": 1, "test": 1, "train": 6}
-    assert split_counts(2, fr) == {"validation": 0, "test": 0, "train": 2}
-    assert split_counts(3, {"train": 0.5, "validation": 0.0, "test": 0.5})["validation"] == 0
+def test_family_split_depends_only_on_id_and_seed() -> None:
+    fams = [f"fam-{i}" for i in range(150)]
+    a = assign_families(fams, 1, FRACTIONS)
+    assert a == assign_families(list(reversed(fams)) + fams[:3], 1, FRACTIONS)
+    assert a != assign_families(fams, 2, FRACTIONS)
+    more = assign_families(fams + [f"new-{i}" for i in range(15)], 1, FRACTIONS)
+    assert {f: more[f] for f in fams} == a  # adding 15 families to 150 moves none
+    fewer = assign_families(fams[::2], 1, FRACTIONS)
+    assert all(fewer[f] == a[f] for f in fams[::2])  # neither does removing some
+    assert all(split_of(f, 1, FRACTIONS) == a[f] for f in fams)
+    assert "sha256" in SPLIT_RULE and "never moves" in SPLIT_RULE
 
 
-def test_family_assignment_is_seeded_and_stable_when_families_are_added() -> None:
-    fr = {"train": 0.8, "validation": 0.1, "test": 0.1}
-    fams = [f"fam-{i}" for i in range(500)]
-    a = assign_families(fams, 1, fr)
-    assert a == assign_families(list(reversed(fams)), 1, fr)
-    assert a != assign_families(fams, 2, fr)
-    more = assign_families(fams + [f"new-{i}" for i in range(50)], 1, fr)
-    moved = sum(1 for f in fams if a[f] != more[f])
-    assert moved < 0.1 * len(fams)
+def test_split_fractions_hold_on_many_families_and_zero_fractions_stay_empty() -> None:
+    fams = [f"cmexam-{i}" for i in range(10_000)]
+    counts = Counter(assign_families(fams, 20250510, FRACTIONS).values())
+    for split, fraction in FRACTIONS.items():  # binomial sd is 0.003 for 0.1 of 10k
+        assert abs(counts[split] / len(fams) - fraction) < 0.015, counts
+    no_validation = Counter(assign_families(fams[:2000], 3, {"train": 0.5, "validation": 0.0, "test": 0.5}).values())
+    assert set(no_validation) == {"train", "test"} and abs(no_validation["test"] - 1000) < 100
+    assert set(assign_families(fams[:50], 3, {"train": 1.0, "validation": 0.0, "test": 0.0}).values()) == {"train"}
+    assert 0.0 <= family_position("x", 1) < 1.0
 
 
-def _noise(rng: random.Random, n: int) -> str:
-    return " ".join("".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(3, 9))) for _ in range(n))
-
-
-def test_near_duplicates_found_verified_and_not_invented() -> None:
-    rng = random.Random(0)
-    train = [(f"t{i}", _noise(rng, 60)) for i in range(2000)]
-    base = train[17][1]
-    edited = base.replace(base.split()[5], "changed", 1)
-    zh = ("患者，男，45岁。发热三天伴咳嗽咳痰，体温39.2℃，查体右下肺可闻及湿啰音，血白细胞计数升高，"
-          "胸部X线片示右下肺大片状阴影，既往体健，无药物过敏史。最可能的诊断是")
-    train.append(("tzh", zh))
-    evaluation = [("near", edited), ("far", _noise(rng, 60)), ("zh", zh.replace("最可能的诊断是", "最可能的诊断为")),
-                  ("tiny", "ab")]
-    found = {d.eval_id: d for d in find_near_duplicates(train, evaluation, 0.8)}
-    assert set(found) == {"near", "zh"}
-    assert found["near"].train_id == "t17" and 0.8 <= found["near"].similarity < 1.0
-    idx = GramIndex([edited, base])
-    assert found["near"].similarity == round(jaccard(idx.grams(0), idx.grams(1)), 4)
-    assert find_near_duplicates(train, evaluation, 0.999) == []
-
-
-def test_minhash_candidates_do_not_miss_pairs_above_the_threshold() -> None:
-    rng = random.Random(1)
-    train, evaluation, expected = [], [], set()
-    for i in range(200):
-        words = _noise(rng, 50).split()
-        train.append((f"t{i}", " ".join(words)))
-        k = rng.randint(0, 6)  # edit k words: similarity spread around the threshold
-        for j in rng.sample(range(50), k):
-            words[j] = "x" * 5
-        evaluation.append((f"e{i}", " ".join(words)))
-    idx = GramIndex([t for _, t in train] + [t for _, t in evaluation])
-    for i in range(200):
-        if jaccard(idx.grams(i), idx.grams(200 + i)) >= 0.8:
-            expected.add(f"e{i}")
-    found = {d.eval_id for d in find_near_duplicates(train, evaluation, 0.8)}
-    assert expected and found == expected
+def test_builder_near_duplicates_use_the_one_rule() -> None:
+    base = ("患者，男，45岁。发热三天伴咳嗽咳痰，查体右下肺可闻及湿啰音，胸部X线片示右下肺大片状阴影。最可能的诊断是")
+    opts = {"A": "大叶性肺炎", "B": "肺结核", "C": "肺癌", "D": "支气管扩张", "E": "肺脓肿"}
+    flipped = {k: v for k, v in zip("ABCDE", reversed(list(opts.values())))}
+    en_opts = {"A": "Metoprolol", "B": "Amlodipine", "C": "Digoxin", "D": "Warfarin", "E": None}
+    train = [_row(id="t-zh", family_id="f1", language="zh", question=base, options=opts),
+             _row(id="t-en", family_id="f2", question="Which drug is a cardioselective beta blocker?", options=en_opts)]
+    evaluation = [
+        _row(id="e-sub", family_id="f3", language="zh", question=base.replace("三天", "五天"), options=flipped),
+        _row(id="e-trad", family_id="f4", language="zh", question=opencc.OpenCC("s2t").convert(base),
+             options={k: opencc.OpenCC("s2t").convert(v) for k, v in opts.items()}),
+        _row(id="e-far", family_id="f5", language="zh", question="寒邪的性质与致病特点是",
+             options={"A": "易袭阳位", "B": "性质重浊", "C": "其性黏滞", "D": "易伤阳气", "E": "凝滞收引"}),
+        _row(id="e-en", family_id="f6", question="Which drug is a cardioselective beta-blocker?",
+             options={"A": "Warfarin", "B": "Digoxin", "C": "Metoprolol", "D": "Amlodipine", "E": None})]
+    split_rows = {c: {"train": [], "validation": [], "test": []} for c in CONFIGS}
+    split_rows["validated"]["train"] = train
+    split_rows["validated"]["test"] = evaluation[:2]
+    split_rows["unvalidated"]["validation"] = evaluation[2:]
+    # one item in two wordings (edited in review: only the raw one copies a train item): both are checked
+    split_rows["validated"]["validation"] = [_row(id="e-two", family_id="f7", question="Which antiarrhythmic "
+                                                  "drug prolongs the QT interval most?", options=en_opts)]
+    split_rows["unvalidated"]["validation"].append(_row(id="e-two", family_id="f7", question="Which drug is a "
+                                                        "cardioselective beta blocker ?", options=en_opts))
+    pairs = near_duplicate_pairs(split_rows)
+    found = {(p.eval_id.split("\x00")[0], p.train_id) for p in pairs}
+    assert found == {("e-sub", "t-zh"), ("e-trad", "t-zh"), ("e-en", "t-en"), ("e-two", "t-en")}
+    assert len(pairs) == 4 and all(THRESHOLD <= p.similarity <= 1.0 for p in pairs)
+    assert pairs == near_duplicate_pairs(split_rows)
 
 
 def _row(**kw) -> ReleaseRow:

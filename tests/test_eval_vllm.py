@@ -82,7 +82,7 @@ def test_eval_end_to_end_with_lora_on_vllm(tmp_path: Path, monkeypatch: pytest.M
 
     report = compare(str(manifest), str(out), str(out / "comparison"), cfg.bootstrap)
     assert Path(report["report"]).is_file() and (out / "comparison" / "accuracy_ci.png").is_file()
-    assert report["sets"][0]["accuracy"][0]["n"] == 2
+    assert report["sets"][0]["headline"]["a"]["n_items"] == 2 and report["sets"][0]["runs"][0]["n"] == 2
     sub = submit(out / "predictions" / "validated-s0.jsonl", "medbench", out / "sub.zip")
     with zipfile.ZipFile(sub["output"]) as zf:
         assert zf.namelist() == ["test.jsonl"]

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from curation.expand import FamilyChecker, funnel, jaccard, ngrams, run_expand, structure_problem
+from curation.expand import ExistingItems, FamilyChecker, funnel, run_expand, structure_problem
 from curation.generate import run_generate
-from medcot.config import ConfigError, ExpandConfig, GenerateConfig, LLMConfig
+from medcot.config import Config, ConfigError, ExpandConfig, GenerateConfig, LLMConfig, load_config
 from medcot.llm import LLMClient, LLMUnavailable
 from medcot.records import Item
 from medcot.scripted_server import Reply, ScriptedServer, Status
@@ -220,13 +220,50 @@ def test_structure_problems() -> None:
     assert structure_problem({**ok, "question": "下列哪项是正确的治疗方法"}, "zh") == ("", "")
 
 
-def test_similarity() -> None:
-    a, b = ngrams("Which artery is occluded?", 3), ngrams("which  artery is OCCLUDED ?", 3)
-    assert jaccard(a, b) == 1.0 and jaccard(a, ngrams("Completely different words", 3)) < 0.1
-    checker = FamilyChecker(SEED_ZH, ExpandConfig(), {})
-    copy = {"question": "患者男，60岁，胸痛2小时，心电图示II、III、aVF导联ST段抬高，最可能闭塞的血管是哪支",
-            "options": {"A": "甲", "B": "乙", "C": "丙", "D": "丁"}, "answer": "A"}
-    assert checker.check(copy)[0] == "copy"
+def cand(question: str, options: dict[str, str], answer: str = "A") -> dict[str, Any]:
+    return {"question": question, "options": options, "answer": answer}
+
+
+OTHER_ZH = Item(id="zh-2", family_id="zh-2", language="zh", source="cmexam", licence="Apache-2.0",
+                question="患者女，35岁，多饮多尿3个月，空腹血糖8.2mmol/L，首选的降糖药物是",
+                options={"A": "二甲双胍", "B": "格列本脲", "C": "胰岛素", "D": "阿卡波糖", "E": "罗格列酮"}, answer="A")
+
+
+def test_copy_of_the_seed_stem_by_the_one_rule() -> None:
+    checker = FamilyChecker(SEED_ZH, ExistingItems.of([SEED_ZH]))
+    other_opts = {"A": "甲", "B": "乙", "C": "丙", "D": "丁"}
+    for stem in ("患者男，60岁，胸痛2小时，心电图示II、III、aVF导联ST段抬高，最可能闭塞的血管是哪支",  # a longer copy
+                 "患者男，60岁，胸痛2小时，心電圖示II、III、aVF導聯ST段抬高，最可能閉塞的血管是",  # traditional script
+                 "患者男，70岁，胸痛2小时，心电图示II、III、aVF导联ST段抬高，最可能闭塞的血管是"):  # one character
+        kind, reason = checker.check(cand(stem, other_opts), "zh-1~x0")
+        assert kind == "copy" and "neardup@1 stem similarity" in reason, stem
+    fresh = cand("下壁心肌梗死患者出现三度房室传导阻滞，首选的处理是", other_opts)
+    assert checker.check(fresh, "zh-1~x0") == ("", "")
+
+
+def test_near_duplicates_of_the_seed_siblings_and_other_families() -> None:
+    generic = Item(id="zh-3", family_id="zh-3", language="zh", question="下列关于胰岛素的叙述，正确的是",
+                   options={"A": "由胰岛A细胞分泌", "B": "促进糖原分解", "C": "降低血糖", "D": "抑制蛋白质合成"}, answer="C")
+    existing = ExistingItems.of([SEED_ZH, OTHER_ZH, generic])
+    checker = FamilyChecker(SEED_ZH, existing)
+    sibling = cand("下壁心肌梗死患者出现三度房室传导阻滞，此时首选的处理措施是",
+                   {"A": "临时起搏", "B": "静脉滴注多巴胺", "C": "口服美托洛尔", "D": "静脉注射胺碘酮"})
+    assert checker.check(sibling, "zh-1~x0") == ("", "")
+    checker.accept(Item(id="zh-1~x0", family_id="zh-1", language="zh", question=sibling["question"],
+                        options=sibling["options"], answer="A", origin="expanded", parent_id="zh-1"))
+    # the sibling again: options reordered and re-lettered, one character changed (and another key)
+    again = cand("下壁心肌梗死患者出现三度房室传导阻滞，此时首选的处理方法是",
+                 {"A": "静脉注射胺碘酮", "B": "口服美托洛尔", "C": "静脉滴注多巴胺", "D": "临时起搏"}, "C")
+    kind, reason = checker.check(again, "zh-1~x1")
+    assert kind == "near_duplicate" and reason.startswith("near-duplicate of a sibling: zh-1~x0, neardup@1")
+    # another family's seed, in traditional script with its options shuffled
+    theirs = cand("患者女，35歲，多飲多尿3個月，空腹血糖8.2mmol/L，首選的降糖藥物是",
+                  {"A": "羅格列酮", "B": "阿卡波糖", "C": "胰島素", "D": "格列本脲", "E": "二甲雙胍"}, "E")
+    kind, reason = checker.check(theirs, "zh-1~x2")
+    assert kind == "near_duplicate" and "near-duplicate of an existing item: zh-2" in reason
+    # another family's generic stem with entirely different options is a new question
+    assert checker.check(cand("下列关于胰岛素的叙述，正确的是", {"A": "可以口服", "B": "属于糖皮质激素",
+                                                         "C": "由肝脏合成", "D": "促进葡萄糖进入细胞"}), "zh-1~x3") == ("", "")
 
 
 def test_config_validation() -> None:
@@ -235,7 +272,10 @@ def test_config_validation() -> None:
     with pytest.raises(ConfigError):
         ExpandConfig(aspects=["diagnosis", "diagnosis"])
     with pytest.raises(ConfigError):
-        ExpandConfig(near_duplicate_threshold=1.5)
+        ExpandConfig(max_facts=0)
+    for removed in ("ngram", "near_duplicate_threshold", "copy_threshold"):  # the rule owns its thresholds
+        with pytest.raises(ConfigError, match=f"unknown key 'expand.{removed}'"):
+            load_config(None, [f"expand.{removed}=0.5"], Config)
 
 
 async def test_unknown_aspect_is_a_config_error(store: Store) -> None:

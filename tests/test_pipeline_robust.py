@@ -40,7 +40,7 @@ def scripted(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def _configs(tmp_path: Path, url: str) -> list[str]:
     train = yaml.safe_load((REPO / "configs/train/demo.yaml").read_text(encoding="utf-8"))
-    train["matrix"]["seeds"] = [0]
+    train["matrix"]["runs"] = 1
     train["sft"]["max_steps"] = 1
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(train), encoding="utf-8")
     ev = yaml.safe_load((REPO / "configs/eval/demo.yaml").read_text(encoding="utf-8"))

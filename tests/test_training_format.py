@@ -10,8 +10,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from medcot.config import ConfigError, load_config  # noqa: E402
 from training.config import TrainConfig, load_train_config, run_config, to_dict  # noqa: E402
-from training.data import ArmPool, common_size, equal_selections, family_sizes, pick_families, reachable  # noqa: E402
-from training.format import FormatError, SFTExample, build_completion, data_hash, format_row, strip_final_answer_lines  # noqa: E402
+from training.data import (  # noqa: E402
+    ArmPool,
+    common_size,
+    equal_selections,
+    family_sizes,
+    pick_families,
+    reachable,
+    select_arms,
+)
+from training.format import (  # noqa: E402
+    FormatError,
+    SFTExample,
+    build_completion,
+    data_hash,
+    example_hash,
+    format_row,
+    strip_final_answer_lines,
+)
 from training.train import Hardware, precision_args, weights_dtype  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,25 +53,45 @@ def test_reasoning_lines_are_kept(text: str) -> None:
 
 
 def test_zh_row_prompt_and_completion() -> None:
+    """A validated CoT that already ends on the key is kept as written."""
     ex = format_row(ZH)
     assert [m["role"] for m in ex.prompt] == ["system", "user"]
     user = ex.prompt[-1]["content"]
     assert ZH["question"] in user and "A. 胸肌劳损" in user and "D. 带状疱疹" in user and "E." not in user
     text = ex.completion[0]["content"]
     assert ex.completion[0]["role"] == "assistant"
-    assert text == "带状疱疹沿神经分布。\nA. 错误\n\n答案：D"
-    assert text.count("答案") == 1
+    assert text == ZH["cot"] and (ex.key, ex.stated) == ("D", "D")
 
 
-def test_en_row_completion_ends_with_one_fixed_line() -> None:
-    ex = format_row(EN)
+def test_validated_cot_without_the_key_line_gets_one_fixed_line() -> None:
+    ex = format_row({**EN, "cot": "Atropine was removed from the algorithm."})
     text = ex.completion[0]["content"]
-    assert text.endswith("\n\nAnswer: C") and text.lower().count("answer") == 1
+    assert text == "Atropine was removed from the algorithm.\n\nAnswer: C" and ex.stated == "C"
     assert "Question: Which drug" in ex.prompt[-1]["content"] and "C. Atropine" in ex.prompt[-1]["content"]
+    # a validated CoT whose final line states another letter: that line goes, the key's line is appended
+    other = format_row({**EN, "cot": "Reasoning.\nAnswer: B"}).completion[0]["content"]
+    assert other == "Reasoning.\n\nAnswer: C"
+
+
+def test_raw_cot_arguing_for_another_letter_keeps_its_own_answer() -> None:
+    """The unvalidated arm: the raw CoT verbatim, its own final answer B, never replaced by the key D."""
+    raw = {**ZH, "cot": "胸肌劳损最常见，故选B。\n答案：B"}
+    ex = format_row(raw, keep_own_answer=True)
+    assert ex.completion[0]["content"] == raw["cot"] and (ex.key, ex.stated) == ("D", "B")
+    assert "答案：D" not in ex.completion[0]["content"]
+    assert format_row(raw).completion[0]["content"].endswith("答案：D")  # the validated treatment would fix it
+    none = format_row({**EN, "cot": "  I am not sure.  "}, keep_own_answer=True)
+    assert none.completion[0]["content"] == "I am not sure." and none.stated is None
+
+
+def test_unchanged_cot_gives_the_identical_example_in_both_arms() -> None:
+    assert example_hash(format_row(EN)) == example_hash(format_row(EN, keep_own_answer=True))
+    assert example_hash(format_row(EN)) != example_hash(format_row({**EN, "cot": "Other."}, keep_own_answer=True))
 
 
 def test_empty_cot_gives_only_the_final_line() -> None:
     assert build_completion("Answer: B", "en", "B") == "Answer: B"
+    assert build_completion("", "zh", "B") == "答案：B"
 
 
 @pytest.mark.parametrize("change,match", [({"answer": 4}, "not one of the options"), ({"answer": "AB"}, "letter"),
@@ -77,9 +113,24 @@ def test_data_hash_depends_on_content_not_order() -> None:
 @pytest.mark.parametrize("name", ["demo", "qwen7b-lora", "qwen7b-full"])
 def test_shipped_configs_load(name: str) -> None:
     cfg = load_train_config(ROOT / "configs" / "train" / f"{name}.yaml")
-    assert cfg.matrix.arms == ["validated", "unvalidated"]
-    assert len(cfg.matrix.seeds) == (2 if name == "demo" else 3)
+    assert cfg.matrix.arms == ["validated", "unvalidated"] and cfg.data.design == "matched"
+    pairs = cfg.matrix.pairs(cfg.seed, cfg.data.subsample_seed)
+    assert len(pairs) == (2 if name == "demo" else 5)  # production default: 5 runs per arm
+    assert len({t for t, _ in pairs}) == len({d for _, d in pairs}) == len(pairs)  # both seeds vary
     assert cfg.lora.full_finetune == (name == "qwen7b-full")
+
+
+def test_matrix_seed_pairs() -> None:
+    assert load_config(None, ["matrix.runs=3", "seed=7", "data.subsample_seed=100"], cls=TrainConfig).matrix.pairs(
+        7, 100) == [(7, 100), (8, 101), (9, 102)]
+    assert TrainConfig().matrix.pairs(0, 0) == [(r, r) for r in range(5)]
+    cfg = load_config(None, ["matrix.seeds=[0, [5, 9]]", "data.subsample_seed=10"], cls=TrainConfig)
+    assert cfg.matrix.pairs(cfg.seed, cfg.data.subsample_seed) == [(0, 10), (5, 9)]
+    for sets, match in ((["matrix.runs=3", "matrix.seeds=[1, 2]"], "disagree"), (["matrix.runs=0"], ">= 1"),
+                        (["matrix.seeds=[[1, 2], [1, 3]]"], "distinct"), (["matrix.seeds=[[1]]"], "pairs"),
+                        (["data.design=random"], "data.design")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, sets, cls=TrainConfig)
 
 
 def test_overrides_beat_yaml_and_unknown_keys_fail(tmp_path: Path) -> None:
@@ -102,13 +153,13 @@ def test_invalid_values_fail(sets: list[str], match: str) -> None:
         load_config(None, sets, cls=TrainConfig)
 
 
-def test_matrix_run_configs_differ_only_in_arm_and_seed() -> None:
+def test_matrix_run_configs_differ_only_in_arm_and_seeds() -> None:
     base = load_train_config(ROOT / "configs" / "train" / "demo.yaml")
-    a, b = to_dict(run_config(base, "validated", 0)), to_dict(run_config(base, "unvalidated", 1))
+    a, b = to_dict(run_config(base, "validated", 0, 0)), to_dict(run_config(base, "unvalidated", 1, 1))
     diff = {(s, k) for s in a if isinstance(a[s], dict) for k in a[s] if a[s][k] != b[s][k]}
     diff |= {(s,) for s in a if not isinstance(a[s], dict) and a[s] != b[s]}
-    assert diff == {("data", "arm"), ("seed",)}
-    assert base.data.arm == "validated" and base.seed == 0  # the base is not mutated
+    assert diff == {("data", "arm"), ("seed",), ("data", "subsample_seed")}
+    assert base.data.arm == "validated" and base.seed == 0 and base.data.subsample_seed == 0  # base not mutated
 
 
 def test_precision_follows_the_hardware() -> None:
@@ -224,3 +275,95 @@ def test_format_pool_sets_apart_rows_without_cot_or_room(tmp_path: Path) -> None
     sel = select(pool, 2, seed=0)
     assert sel.excluded == {"no_cot": 1, "prompt_fills_max_length": 1} and sel.available == 2
     assert sel.indices == (0, 3) and sel.completions_truncated == 1 and not sel.subsampled
+
+
+# --- the two designs of the matrix ------------------------------------------------------------------
+def _ex(rid: str, text: str = "", stated: str | None = "A") -> SFTExample:
+    fam = rid.rsplit("-", 1)[0]
+    return SFTExample(rid, fam, "en", [{"role": "user", "content": f"question {rid}"}],
+                      [{"role": "assistant", "content": text or f"reasoning {rid}"}], key="A", stated=stated)
+
+
+def _rows_pool(arm: str, examples: list[SFTExample], unusable: set[str] = frozenset()) -> ArmPool:
+    return ArmPool(arm, examples, ["no_cot" if ex.id in unusable else None for ex in examples])
+
+
+def test_matched_arms_share_ids_and_report_overlap() -> None:
+    same = _ex("a-0", "the unchanged reasoning")
+    v = _rows_pool("validated", [same, _ex("a-1"), _ex("a-2"), _ex("b-0"), _ex("b-1"), _ex("c-0")])
+    u = _rows_pool("unvalidated", [same, _ex("a-1", "raw draft", stated="B"), _ex("a-2", "raw 2"), _ex("a-3"),
+                                   _ex("b-0", "raw b", stated=None), _ex("b-1"), _ex("d-0"), _ex("d-1")],
+                   unusable={"b-1"})
+    arms = select_arms({"validated": v, "unvalidated": u}, "matched", None, seed=0)
+    va, ua = arms["validated"], arms["unvalidated"]
+    assert [e.id for e in va.examples] == [e.id for e in ua.examples] == ["a-0", "a-1", "a-2", "b-0"]
+    assert va.selection.n == ua.selection.n == 4 and va.selection.families == 2
+    assert va.selection.excluded == {"no_usable_raw_row": 2}  # b-1 (raw unusable), c-0 (no raw row)
+    assert ua.selection.excluded == {"no_cot": 1, "not_in_validated_arm": 3}  # b-1; a-3, d-0, d-1
+    assert ua.selection.rows == ua.selection.available + sum(ua.selection.excluded.values())
+    assert va.selection.shared_ids == ua.selection.shared_ids == 4
+    assert va.selection.identical_examples == ua.selection.identical_examples == 1  # a-0 only
+    assert va.selection.own_answer == {"agree": 4, "disagree": 0, "none": 0, "rate": 1.0}
+    assert ua.selection.own_answer == {"agree": 2, "disagree": 1, "none": 1, "rate": 0.5}
+    assert va.selection.design == "matched" and not va.selection.subsampled
+
+
+def test_matched_cap_keeps_whole_families_and_the_same_ids_per_data_seed() -> None:
+    ids = [f"f{i}-{k}" for i in range(10) for k in range(2)]
+    pools = {"validated": _rows_pool("validated", [_ex(i) for i in ids]),
+             "unvalidated": _rows_pool("unvalidated", [_ex(i, "raw") for i in ids])}
+    picked = set()
+    for seed in range(5):
+        arms = select_arms(pools, "matched", 6, seed)
+        v_ids = [e.id for e in arms["validated"].examples]
+        assert v_ids == [e.id for e in arms["unvalidated"].examples] and len(v_ids) == 6
+        assert arms["validated"].selection.families == 3 and arms["unvalidated"].selection.subsampled
+        picked.add(tuple(v_ids))
+    assert len(picked) > 1  # the data seed changes the subsample
+
+
+def test_pipeline_matches_counts_per_family_and_includes_removed_items() -> None:
+    v = _rows_pool("validated", [_ex("a-0"), _ex("a-1"), _ex("b-0")])
+    u = _rows_pool("unvalidated", [_ex("a-0", "raw"), _ex("a-1", "raw"), _ex("a-2", "removed"), _ex("a-3"),
+                                   _ex("b-0", "raw"), _ex("c-0"), _ex("c-1"), _ex("c-2")])
+    seen = set()
+    for seed in range(6):
+        ua = select_arms({"validated": v, "unvalidated": u}, "pipeline", None, seed)["unvalidated"]
+        fams = [e.family_id for e in ua.examples]
+        assert sorted(fams) == ["a", "a", "b"] and ua.selection.families_matched == 2
+        assert ua.selection.filled_from_other_families == 0 and ua.selection.subsampled
+        seen |= {e.id for e in ua.examples}
+    assert {"a-2", "a-3"} & seen  # raw rows of items the validated arm does not have are drawn
+    # family b has no usable raw row: the shortfall is filled from the chosen families first
+    u2 = _rows_pool("unvalidated", [_ex("a-0"), _ex("a-1"), _ex("a-2"), _ex("b-0"), _ex("c-0")], unusable={"b-0"})
+    ua = select_arms({"validated": v, "unvalidated": u2}, "pipeline", None, 0)["unvalidated"]
+    assert sorted(e.id for e in ua.examples) == ["a-0", "a-1", "a-2"]
+    assert ua.selection.families_matched == 1 and ua.selection.filled_from_other_families == 1
+    with pytest.raises(ConfigError, match="data.design"):
+        select_arms({"validated": v, "unvalidated": u}, "random", None, 0)
+
+
+def test_manifest_numbers_on_a_small_release(tmp_path: Path) -> None:
+    """The tiny release (tests/training_release.py): selection and overlap figures, without training."""
+    from conftest import model_dir
+    from training_release import write_release
+
+    from training.matrix import load_arms, manifest
+    release = write_release(tmp_path / "release")
+    for design, u_excluded in (("matched", {"not_in_validated_arm": 4}), ("pipeline", {})):
+        base = load_train_config(ROOT / "configs" / "train" / "demo.yaml",
+                                 [f"data.release_dir={release}", f"model.path={model_dir()}", f"data.design={design}"])
+        m = manifest(base, load_arms(base), [])
+        assert m["design"] == design and m["n_per_arm"] == 8 and m["seed_pairs"] == [[0, 0], [1, 1]]
+        v, u = m["arms"]["validated"], m["arms"]["unvalidated"]
+        assert u["excluded"] == u_excluded and u["rows"] == 12 and v["rows"] == 8
+        assert [s["data_seed"] for s in v["selections"]] == [0, 1]
+        for vs, us in zip(v["selections"], u["selections"]):
+            assert vs["n"] == us["n"] == 8 and vs["families"] == 4 and us["families"] == 4
+            assert vs["own_answer"] == {"agree": 8, "disagree": 0, "none": 0, "rate": 1.0}
+            if design == "matched":  # same ids; the 4 unchanged rows are identical, fam0-1 argues for another letter
+                assert vs["shared_ids"] == us["shared_ids"] == 8
+                assert vs["identical_examples"] == us["identical_examples"] == 4
+                assert us["own_answer"] == {"agree": 7, "disagree": 1, "none": 0, "rate": 0.875}
+            else:  # families 0-3 hold 3/2/2/1 rows in both configs: every family's count is matched exactly
+                assert us["families_matched"] == 4 and us["filled_from_other_families"] == 0

@@ -125,7 +125,8 @@ def test_labels_mask_exactly_the_prompt_tokens(tiny: dict) -> None:
 
 
 def test_matrix_via_pipeline_stage(tiny: dict, tmp_path: Path) -> None:
-    """The `train` stage on the build stage's release: 2 arms x 2 seeds, equal N, manifest; a rerun reuses."""
+    """The `train` stage on the build stage's release: 2 arms x 2 runs (training and data seeds), matched design,
+    equal N, manifest with the arms' overlap; a rerun reuses."""
     from medcot.config import Config
     from medcot.pipeline import STAGES, RunContext, check_stages
     from training.config import load_train_config
@@ -142,22 +143,24 @@ def test_matrix_via_pipeline_stage(tiny: dict, tmp_path: Path) -> None:
                      sections={"build": {"release_dir": str(tiny["release"])}})
     summary = asyncio.run(STAGES["train"][0](ctx))
     manifest = json.loads(Path(summary["manifest"]).read_text(encoding="utf-8"))
-    assert manifest["schema"] == "medcot.train.manifest/1" and manifest["n_per_arm"] == 8
-    assert [(r["arm"], r["seed"]) for r in manifest["runs"]] == [
-        ("validated", 0), ("validated", 1), ("unvalidated", 0), ("unvalidated", 1)]
+    assert manifest["schema"] == "medcot.train.manifest/2" and manifest["n_per_arm"] == 8
+    assert manifest["design"] == "matched" and manifest["seed_pairs"] == [[0, 0], [1, 1]]
+    assert [(r["arm"], r["seed"], r["data_seed"]) for r in manifest["runs"]] == [
+        ("validated", 0, 0), ("validated", 1, 1), ("unvalidated", 0, 0), ("unvalidated", 1, 1)]
     arms = manifest["arms"]
-    assert arms["validated"]["subsampled"] is False and arms["unvalidated"]["subsampled"] is True
-    assert arms["unvalidated"]["available"] == 12 and arms["unvalidated"]["n"] == 8
+    assert arms["unvalidated"]["rows"] == 12 and arms["unvalidated"]["available"] == 8
+    hashes = {(arm, s["data_seed"]): s["data_hash"] for arm in arms for s in arms[arm]["selections"]}
     for run in manifest["runs"]:
-        assert run["n_examples"] == 8 and run["data_hash"] == arms[run["arm"]]["data_hash"]
+        assert run["n_examples"] == 8 and run["data_hash"] == hashes[(run["arm"], run["data_seed"])]
         assert Path(run["adapter_dir"], "adapter_config.json").is_file() and Path(run["log_json"]).is_file()
         assert math.isfinite(run["metrics"]["final_loss"]) and not run["reused"]
-    assert arms["validated"]["data_hash"] != arms["unvalidated"]["data_hash"]
-    # whole families: the unvalidated families trained on are complete
-    ids = json.loads(Path(manifest["runs"][2]["log_json"]).read_text(encoding="utf-8"))["ids"]
-    fams = {i.rsplit("-", 1)[0] for i in ids}
-    sizes = {"fam0": 3, "fam1": 2, "fam2": 2, "fam3": 1, "fam4": 2, "fam5": 2}
-    assert sum(sizes[f] for f in fams) == len(ids) == 8
+    assert hashes[("validated", 0)] != hashes[("unvalidated", 0)]
+    sel = arms["unvalidated"]["selections"][0]
+    assert sel["identical_examples"] == 4 and sel["own_answer"]["disagree"] == 1
+    # matched design: both arms trained on the same item ids, the raw arm on its own text
+    logs = [json.loads(Path(r["log_json"]).read_text(encoding="utf-8")) for r in manifest["runs"]]
+    assert sorted(logs[0]["ids"]) == sorted(logs[2]["ids"]) and len(logs[2]["ids"]) == 8
+    assert logs[2]["config"]["data"]["arm"] == "unvalidated"
     # configs of the runs differ only in arm and seed
     base = load_train_config(cfg_file)
     base.data.release_dir, base.output.dir = str(tiny["release"]), str(tmp_path / "run" / "train")
@@ -169,7 +172,7 @@ def test_matrix_via_pipeline_stage(tiny: dict, tmp_path: Path) -> None:
         other = asdict(r.cfg)
         changed = {(s, k) for s in first if isinstance(first[s], dict) for k in first[s] if first[s][k] != other[s][k]}
         changed |= {(s,) for s in first if not isinstance(first[s], dict) and first[s] != other[s]}
-        assert changed <= {("data", "arm"), ("seed",)} and changed
+        assert changed <= {("data", "arm"), ("seed",), ("data", "subsample_seed")} and changed
     # a second run reuses every finished run instead of training again
     again = asyncio.run(STAGES["train"][0](ctx))
     assert all(r["reused"] for r in again["runs"])

@@ -3,6 +3,11 @@
 Parquet per config and split (``Dataset.to_parquet`` keeps the features) + a README whose YAML declares
 the configs, i.e. what ``datasets.load_dataset(DIR, "validated")`` needs. The rows are real seed questions
 (data/seeds/demo_*.jsonl) whose reference explanations serve as the chain of thought.
+
+The unvalidated config holds the raw first-pass text: item k of every family is the one review left
+unchanged (raw CoT == validated CoT), the others are drafts; ``WRONG_RAW`` items' raw CoT ends on another
+letter than the key. Families 0-3 exist in both configs (same ids), families 4-5 only raw (items the
+experts removed). Matched design: N = 8, identical examples 4 (the k = 0 rows), own answer = key 7/8.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ FEATURES = datasets.Features({
 FAMILIES = {"validated": [("zh", 3), ("en", 2), ("zh", 2), ("en", 1)],
             "unvalidated": [("zh", 3), ("en", 2), ("zh", 2), ("en", 1), ("en", 2), ("zh", 2)]}
 FINAL = {"zh": "答案：{}", "en": "Answer: {}"}
+WRONG_RAW = {"fam0-1"}  # raw CoT argues for another letter than the key
+UNCHANGED = 0  # item k == UNCHANGED of each family: review kept the raw CoT as it was
 
 
 def _seeds(language: str) -> list[dict]:
@@ -31,10 +38,14 @@ def _seeds(language: str) -> list[dict]:
 
 def _row(seed: dict, family: str, arm: str, k: int, max_cot_chars: int) -> dict:
     expl = (seed.get("explanation") or "")[:max_cot_chars]
-    cot = expl if arm == "validated" else f"Draft {k}: {expl}"
-    return {"id": f"{family}-{k}", "family_id": family, "language": seed["language"],
+    rid = f"{family}-{k}"
+    cot = expl if arm == "validated" or k == UNCHANGED else f"Draft {k}: {expl}"
+    stated = seed["answer"]
+    if arm == "unvalidated" and rid in WRONG_RAW:
+        stated = next(x for x in "ABCD" if x != seed["answer"])
+    return {"id": rid, "family_id": family, "language": seed["language"],
             "question": seed["question"], "options": {x: seed["options"].get(x) for x in "ABCDE"},
-            "answer": "ABCDE".index(seed["answer"]), "cot": f"{cot}\n{FINAL[seed['language']].format(seed['answer'])}"}
+            "answer": "ABCDE".index(seed["answer"]), "cot": f"{cot}\n{FINAL[seed['language']].format(stated)}"}
 
 
 def rows_for(arm: str, max_cot_chars: int = 160) -> list[dict]:

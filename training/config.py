@@ -19,6 +19,8 @@ from medcot.config import ConfigError, default_cache_dir
 from training import import_torch
 
 ARMS = ("validated", "unvalidated")
+DESIGNS = ("matched", "pipeline")
+DEFAULT_RUNS = 5
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 RESERVED_SFT_KEYS = {"output_dir": "output.dir", "seed": "the top-level `seed`", "data_seed": "the top-level `seed`"}
 
@@ -39,14 +41,20 @@ class DataConfig:
     release_dir: str = field(default="", metadata={"help": "release folder (Parquet + README configs)"})
     arm: str = field(default="validated", metadata={"help": "release config to train on: validated | unvalidated"})
     split: str = field(default="train", metadata={"help": "split of the release config"})
+    design: str = field(default="matched", metadata={
+        "help": "matrix arms: matched (same item ids, validated vs raw first-pass text) | pipeline (validated vs "
+                "raw pipeline output incl. removed items, equal N, matched counts per family)"})
     max_examples: int | None = field(default=None, metadata={
         "help": "cap on training examples (whole families, subsampled with subsample_seed); None = all"})
-    subsample_seed: int = field(default=0, metadata={"help": "seed of the family subsample (recorded)"})
+    subsample_seed: int = field(default=0, metadata={
+        "help": "seed of the data subsample (a matrix run's data seed replaces it; recorded)"})
     prompt: str = field(default="cot", metadata={"help": "versioned prompt file (medcot/prompts/NAME.yaml)"})
 
     def __post_init__(self) -> None:
         if self.arm not in ARMS:
             raise ConfigError(f"data.arm must be one of {', '.join(ARMS)}, not {self.arm!r}")
+        if self.design not in DESIGNS:
+            raise ConfigError(f"data.design must be one of {', '.join(DESIGNS)}, not {self.design!r}")
         if self.max_examples is not None and self.max_examples < 1:
             raise ConfigError("data.max_examples must be >= 1 (or null for all)")
 
@@ -94,18 +102,45 @@ class OutputConfig:
             raise ConfigError(f"output.merged_dtype must be one of {', '.join(DTYPES[1:])}")
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 @dataclass
 class MatrixConfig:
+    """Runs per arm. Every run varies BOTH the training seed and the data-subsample seed: ``runs: R`` gives
+    run r the pair (seed + r, data.subsample_seed + r); ``seeds`` lists them instead, each an integer s
+    (= the pair (s, data.subsample_seed + s)) or a pair [training seed, data seed]. Neither: 5 runs."""
+
     arms: list[str] = field(default_factory=lambda: list(ARMS))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "training seeds per arm"})
+    runs: int | None = field(default=None, metadata={"help": "runs per arm (default 5 when seeds is not set)"})
+    seeds: list[Any] | None = field(default=None, metadata={
+        "help": "per run: a training seed, or [training seed, data seed]; overrides runs"})
 
     def __post_init__(self) -> None:
         bad = [a for a in self.arms if a not in ARMS]
         if bad or not self.arms or len(set(self.arms)) != len(self.arms):
             raise ConfigError(f"matrix.arms must be distinct values of {', '.join(ARMS)}, got {self.arms}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or not all(
-                isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
-            raise ConfigError(f"matrix.seeds must be distinct integers, got {self.seeds}")
+        if self.runs is not None and self.runs < 1:
+            raise ConfigError(f"matrix.runs must be >= 1, got {self.runs}")
+        if self.seeds is not None:
+            if not self.seeds or not all(_is_int(s) or (isinstance(s, list) and len(s) == 2 and all(map(_is_int, s)))
+                                         for s in self.seeds):
+                raise ConfigError(f"matrix.seeds must be integers or [training seed, data seed] pairs, got "
+                                  f"{self.seeds}")
+            if self.runs is not None and self.runs != len(self.seeds):
+                raise ConfigError(f"matrix.runs ({self.runs}) and matrix.seeds ({len(self.seeds)} entries) "
+                                  "disagree: set one of them")
+            trains = [s if _is_int(s) else s[0] for s in self.seeds]
+            if len(set(trains)) != len(trains):
+                raise ConfigError(f"matrix.seeds: training seeds must be distinct (they name the runs), got "
+                                  f"{self.seeds}")
+
+    def pairs(self, seed: int, data_seed: int) -> list[tuple[int, int]]:
+        """(training seed, data seed) of every run, in order (see the class doc)."""
+        if self.seeds is None:
+            return [(seed + r, data_seed + r) for r in range(self.runs or DEFAULT_RUNS)]
+        return [(s, data_seed + s) if _is_int(s) else (s[0], s[1]) for s in self.seeds]
 
 
 @dataclass
@@ -139,12 +174,14 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     return load_config(path, overrides, cls=TrainConfig)
 
 
-def run_config(base: TrainConfig, arm: str, seed: int) -> TrainConfig:
-    """The config of one matrix run: the base with ONLY data.arm and seed replaced."""
+def run_config(base: TrainConfig, arm: str, seed: int, data_seed: int | None = None) -> TrainConfig:
+    """The config of one matrix run: the base with ONLY data.arm, seed and data.subsample_seed replaced."""
     if arm not in ARMS:
         raise ConfigError(f"arm must be one of {', '.join(ARMS)}, not {arm!r}")
     cfg = copy.deepcopy(base)
     cfg.data.arm, cfg.seed = arm, seed
+    if data_seed is not None:
+        cfg.data.subsample_seed = data_seed
     return cfg
 
 

@@ -2,8 +2,13 @@
 
 prompt     = the versioned CoT prompt (``medcot/prompts/<name>.yaml``, zh or en): instruction, question and
              the lettered options, as chat messages (system + user);
-completion = the row's chain of thought with any final-answer line removed, then exactly one final-answer
-             line in the project's fixed form (zh ``答案：X``, en ``Answer: X``), X = the row's ``answer``.
+completion = the row's chain of thought, and how its final answer is treated depends on the arm:
+  * validated (``keep_own_answer=False``): the reviewed CoT as written when it already ends on one final-answer
+    line stating the key (the normal case after review); otherwise its final-answer lines are removed and one
+    line in the project's fixed form (zh ``答案：X``, en ``Answer: X``, X = the row's ``answer``) is appended;
+  * unvalidated (``keep_own_answer=True``): the raw first-pass CoT VERBATIM, with its own final answer, even
+    when it argues for another letter than the key. Replacing it by the key would correct the raw arm.
+So an item whose CoT review left unchanged yields the identical example in both arms (``example_hash``).
 
 TRL's SFTTrainer tokenizes ``prompt`` with the generation prompt and ``prompt + completion`` with the chat
 template and puts the loss on the completion tokens only (``completion_only_loss``, on by default for this
@@ -21,14 +26,14 @@ from typing import Any
 
 from medcot.prompts import format_options, load_prompt
 
-FORMAT_VERSION = "sft-format@1"
+FORMAT_VERSION = "sft-format@2"
 LETTERS = "ABCDE"
 FINAL_LINE = {"zh": "答案：{letter}", "en": "Answer: {letter}"}
 
 # A line that is nothing but a final-answer statement ("答案：B", "**Final answer:** (B).", "Answer - C").
 _FINAL_ANSWER_LINE = re.compile(
     r"[ \t>#*_]*(?:(?:final|correct)\s+answer|answer|(?:最终|正确|参考)?答案)[ \t*_]*(?:is|为|是)?[ \t*_]*[:：=\-–—]?"
-    r"[ \t*_]*[(（\[【]?[ \t]*[A-E][ \t]*[)）\]】]?[ \t*_]*[.。]?[ \t*_]*",
+    r"[ \t*_]*[(（\[【]?[ \t]*(?P<letter>[A-E])[ \t]*[)）\]】]?[ \t*_]*[.。]?[ \t*_]*",
     re.IGNORECASE,
 )
 
@@ -46,6 +51,8 @@ class SFTExample:
     language: str
     prompt: list[dict[str, str]]
     completion: list[dict[str, str]]
+    key: str | None = None  # the row's answer key
+    stated: str | None = None  # the letter the completion's final answer states (None = none found)
 
     def as_row(self) -> dict[str, Any]:
         return {"id": self.id, "family_id": self.family_id, "prompt": self.prompt, "completion": self.completion}
@@ -86,14 +93,39 @@ def build_prompt(question: str, options: Mapping[str, str | None], language: str
                                                        options=format_options(present_options(options)))
 
 
-def build_completion(cot: str, language: str, letter: str) -> str:
-    body = strip_final_answer_lines(cot or "")
+def final_answer_letters(cot: str) -> list[str]:
+    """The letters of the lines that only state a final answer, in order."""
+    found = (_FINAL_ANSWER_LINE.fullmatch(unicodedata.normalize("NFKC", line)) for line in cot.splitlines())
+    return [m.group("letter").upper() for m in found if m]
+
+
+def ends_on_answer(cot: str, letter: str) -> bool:
+    """True when the CoT's only final-answer line states ``letter`` and is its last non-empty line."""
+    lines = [line for line in cot.strip().splitlines() if line.strip()]
+    if not lines or not _FINAL_ANSWER_LINE.fullmatch(unicodedata.normalize("NFKC", lines[-1])):
+        return False
+    return final_answer_letters(cot) == [letter]
+
+
+def build_completion(cot: str, language: str, letter: str, keep_own_answer: bool = False) -> str:
+    """The completion text (see the module doc): verbatim for the raw arm, ending on the key otherwise."""
+    text = (cot or "").strip()
+    if keep_own_answer or ends_on_answer(text, letter):
+        return text
+    body = strip_final_answer_lines(text)
     line = final_answer_line(language, letter)
     return f"{body}\n\n{line}" if body else line
 
 
-def format_row(row: Mapping[str, Any], prompt_name: str = "cot") -> SFTExample:
-    """One release row (``id, family_id, language, question, options, answer, cot``) -> an SFTExample."""
+def stated_answer(completion: str, options: Mapping[str, str]) -> str | None:
+    """The letter a completion commits to, by the project's answer extractor (None = no answer)."""
+    from medcot.extract import extract_answer
+    return extract_answer(completion, options).letter
+
+
+def format_row(row: Mapping[str, Any], prompt_name: str = "cot", keep_own_answer: bool = False) -> SFTExample:
+    """One release row (``id, family_id, language, question, options, answer, cot``) -> an SFTExample;
+    ``keep_own_answer``: the unvalidated arm's raw CoT, verbatim (see the module doc)."""
     rid = row.get("id", "?")
     try:
         letter = answer_letter(row["answer"])
@@ -101,16 +133,23 @@ def format_row(row: Mapping[str, Any], prompt_name: str = "cot") -> SFTExample:
         if letter not in opts:
             raise FormatError(f"answer {letter} is not one of the options {sorted(opts)}")
         prompt = build_prompt(row["question"], opts, row["language"], prompt_name)
-        completion = build_completion(row["cot"], row["language"], letter)
+        completion = build_completion(row["cot"], row["language"], letter, keep_own_answer)
     except (KeyError, FormatError) as exc:
         raise FormatError(f"row {rid}: {exc}") from exc
     return SFTExample(id=str(rid), family_id=str(row["family_id"]), language=row["language"], prompt=prompt,
-                      completion=[{"role": "assistant", "content": completion}])
+                      completion=[{"role": "assistant", "content": completion}], key=letter,
+                      stated=stated_answer(completion, opts))
 
 
 def prompt_version(prompt_name: str = "cot") -> str:
     """The tag of the prompt file plus the format version (stored with every run)."""
     return f"{load_prompt(prompt_name, 'en').tag}+{FORMAT_VERSION}"
+
+
+def example_hash(ex: SFTExample) -> str:
+    """sha256 of one example's prompt and completion text (not its id): equal = the same training example."""
+    text = json.dumps([ex.prompt, ex.completion], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def data_hash(examples: Iterable[SFTExample]) -> str:

@@ -1,41 +1,52 @@
-"""The baseline matrix: arms {validated, unvalidated} x seeds, equal N, identical hyperparameters.
+"""The baseline matrix: arms {validated, unvalidated} x runs, equal N, identical hyperparameters.
 
     medcot train matrix --config configs/train/demo.yaml --set data.release_dir=runs/demo/release
 
-Every run's config is the base config with ONLY ``data.arm`` and ``seed`` replaced (``run_config``). Both
-arms are cut to the same N with whole families (``training.data``); the subsample is drawn once, with
-``data.subsample_seed``, and shared by all seeds of an arm, so seeds vary only the training randomness.
-A finished run (same config and data fingerprint, outputs present) is not trained again.
+Every run's config is the base config with ONLY ``data.arm``, ``seed`` and ``data.subsample_seed`` replaced
+(``run_config``). Runs vary BOTH seeds: run r of every arm has the pair (training seed, data seed) from
+``matrix`` (``runs: R`` or ``seeds``; ``TrainConfig.matrix.pairs``), so run-to-run variance includes which
+training examples were drawn, not only the training randomness. For each data seed both arms are selected
+together by ``data.design`` (``training.data``: ``matched`` = same item ids, validated vs raw first-pass
+text; ``pipeline`` = validated vs raw pipeline output, matched counts per family). A finished run (same
+config and data fingerprint, outputs present) is not trained again.
 
-``<output.dir>/manifest.json`` -- the contract with the evaluation code. Schema (version 1)::
+``<output.dir>/manifest.json`` -- the contract with the evaluation code. Schema (version 2)::
 
     {
-      "schema": "medcot.train.manifest/1",
+      "schema": "medcot.train.manifest/2",
       "created": "2026-11-22T10:00:00+00:00",          # UTC, ISO 8601
       "config": "configs/train/demo.yaml",             # the YAML the matrix came from ('' = defaults)
       "base_config": {...},                            # the resolved base TrainConfig (dataclasses.asdict)
       "release_dir": "runs/demo/release",              # the release the data came from
       "split": "train",                                # the split trained on
+      "design": "matched",                             # data.design
       "base_model": "/path/or/hub-name",               # model.path: what adapters apply to
       "full_finetune": false,
       "prompt": "cot",                                 # medcot/prompts/<prompt>.yaml, used for zh and en
-      "prompt_version": "cot@1+sft-format@1",          # prompt file tag + completion format version
+      "prompt_version": "cot@1+sft-format@2",          # prompt file tag + completion format version
       "n_per_arm": 120,                                # N: training examples of EVERY run
-      "arms": {                                        # one entry per arm (see training.data.Selection)
-        "validated": {"rows": 124, "available": 120,   # rows in the split; usable rows
+      "seed_pairs": [[0, 0], [1, 1]],                  # (training seed, data seed) of run r, same in each arm
+      "arms": {                                        # one entry per arm
+        "validated": {"source_config": "validated",    # the release config the rows come from
+                      "rows": 124, "available": 120,   # rows in the split; usable rows for this design
                       "excluded": {"prompt_fills_max_length": 4},  # reason -> rows left out
-                      "n": 120, "families": 12, "subsampled": false, "subsample_seed": 0,
-                      "completions_truncated": 3,      # selected rows whose completion max_length cuts
-                      "data_hash": "sha256:..."},
-        "unvalidated": {"rows": 200, "available": 200, "excluded": {}, "n": 120, "subsampled": true, ...}
+                      "n": 120,
+                      "selections": [                  # one per data seed (see training.data.Selection)
+                        {"data_seed": 0, "n": 120, "families": 12, "subsampled": false,
+                         "shared_ids": 120,            # selected ids the other arm trains on too
+                         "identical_examples": 75,     # same prompt + completion text in the other arm
+                         "own_answer": {"agree": 120, "disagree": 0, "none": 0, "rate": 1.0},
+                         "completions_truncated": 3, "data_hash": "sha256:...",
+                         "families_matched": null, "filled_from_other_families": null}]},  # pipeline only
+        "unvalidated": {...}
       },
-      "seeds": [0, 1, 2],
-      "runs": [                                        # arms x seeds, arm-major order
+      "seeds": [0, 1],                                 # training seeds (run names)
+      "runs": [                                        # arms x runs, arm-major order
         {
           "name": "validated-seed0",                   # also the run folder's name
-          "arm": "validated", "seed": 0,
+          "arm": "validated", "seed": 0, "data_seed": 0,
           "n_examples": 120, "n_families": 12,
-          "data_hash": "sha256:...",                   # sha256 of the formatted examples (same for all seeds)
+          "data_hash": "sha256:...",                   # sha256 of the formatted examples of this run
           "fingerprint": "sha256:...",                 # config + data: equal fingerprint = identical run
           "output_dir": ".../validated-seed0",
           "adapter_dir": ".../validated-seed0/adapter",  # LoRA adapter + tokenizer (null for full FT)
@@ -65,7 +76,7 @@ from typing import Any
 
 from medcot.config import ConfigError
 from training.config import TrainConfig, run_config, to_dict
-from training.data import ArmData, equal_selections
+from training.data import ARM_CONFIGS, ArmData, select_arms
 from training.train import (
     finished_result,
     is_main_process,
@@ -76,7 +87,8 @@ from training.train import (
     train_one,
 )
 
-MANIFEST_SCHEMA = "medcot.train.manifest/1"
+MANIFEST_SCHEMA = "medcot.train.manifest/2"
+Selections = dict[int, dict[str, ArmData]]  # data seed -> arm -> its data
 
 
 @dataclass
@@ -87,17 +99,23 @@ class PlannedRun:
     run_dir: Path
 
 
-def load_arms(base: TrainConfig) -> dict[str, ArmData]:
-    """Every arm of the matrix cut to the same N (whole families, data.subsample_seed)."""
-    pools = load_pools(base, list(base.matrix.arms), load_tokenizer(base))
-    return equal_selections(pools, base.data.max_examples, base.data.subsample_seed)
+def seed_pairs(base: TrainConfig) -> list[tuple[int, int]]:
+    return base.matrix.pairs(base.seed, base.data.subsample_seed)
 
 
-def plan(base: TrainConfig, arms: dict[str, ArmData] | None = None) -> list[PlannedRun]:
+def load_arms(base: TrainConfig) -> Selections:
+    """Both arms selected by data.design for every data seed of the matrix (equal N everywhere)."""
+    pools = load_pools(base, list(ARM_CONFIGS), load_tokenizer(base))
+    return {d: select_arms(pools, base.data.design, base.data.max_examples, d)
+            for d in dict.fromkeys(d for _, d in seed_pairs(base))}
+
+
+def plan(base: TrainConfig, arms: Selections | None = None) -> list[PlannedRun]:
     arms = arms or load_arms(base)
     root = Path(base.output.dir)
-    return [PlannedRun(run_name(arm, seed), run_config(base, arm, seed), arms[arm], root / run_name(arm, seed))
-            for arm in base.matrix.arms for seed in base.matrix.seeds]
+    return [PlannedRun(run_name(arm, seed), run_config(base, arm, seed, data_seed), arms[data_seed][arm],
+                       root / run_name(arm, seed))
+            for arm in base.matrix.arms for seed, data_seed in seed_pairs(base)]
 
 
 def run_matrix(base: TrainConfig, resume: bool = True, only: list[str] | None = None) -> dict[str, Any]:
@@ -116,7 +134,7 @@ def run_matrix(base: TrainConfig, resume: bool = True, only: list[str] | None = 
         if only is not None and p.name not in only:
             result = finished_result(p.cfg, p.run_dir, p.data)
         else:
-            print(f"== train {p.name}: N={p.data.selection.n}", flush=True)
+            print(f"== train {p.name}: N={p.data.selection.n}, data seed {p.cfg.data.subsample_seed}", flush=True)
             result = train_one(p.cfg, p.run_dir, p.data, resume=resume)
         if result is not None:
             runs.append(_run_entry(p.name, result))
@@ -140,28 +158,39 @@ def _run_entry(name: str, result: Any) -> dict[str, Any]:
     return entry
 
 
-def manifest(base: TrainConfig, arms: dict[str, ArmData], runs: list[dict[str, Any]]) -> dict[str, Any]:
+def manifest(base: TrainConfig, arms: Selections, runs: list[dict[str, Any]]) -> dict[str, Any]:
     from training.format import prompt_version
-    sizes = {a.selection.n for a in arms.values()}
+    sizes = {a.selection.n for per_seed in arms.values() for a in per_seed.values()}
     assert len(sizes) == 1, f"arms differ in size: {sizes}"
+    pairs = seed_pairs(base)
     return {"schema": MANIFEST_SCHEMA, "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "config": base.source, "base_config": to_dict(base), "release_dir": base.data.release_dir,
-            "split": base.data.split, "base_model": base.model.path, "full_finetune": base.lora.full_finetune,
-            "prompt": base.data.prompt, "prompt_version": prompt_version(base.data.prompt),
-            "n_per_arm": sizes.pop(), "arms": {name: _arm_entry(a) for name, a in arms.items()},
-            "seeds": list(base.matrix.seeds), "runs": runs}
+            "split": base.data.split, "design": base.data.design, "base_model": base.model.path,
+            "full_finetune": base.lora.full_finetune, "prompt": base.data.prompt,
+            "prompt_version": prompt_version(base.data.prompt), "n_per_arm": sizes.pop(),
+            "seed_pairs": [list(p) for p in pairs],
+            "arms": {arm: _arm_entry(arm, [(d, arms[d][arm]) for d in arms]) for arm in base.matrix.arms},
+            "seeds": [t for t, _ in pairs], "runs": runs}
 
 
-def _arm_entry(a: ArmData) -> dict[str, Any]:
-    entry = {k: v for k, v in asdict(a.selection).items() if k not in ("arm", "indices")}
-    return {**entry, "n": a.selection.n, "data_hash": a.hash}
+_SELECTION_KEYS = ("n", "families", "subsampled", "shared_ids", "identical_examples", "own_answer",
+                   "completions_truncated", "families_matched", "filled_from_other_families")
+
+
+def _arm_entry(arm: str, per_seed: list[tuple[int, ArmData]]) -> dict[str, Any]:
+    """Pool facts (the same for every data seed) and one selection summary per data seed."""
+    first = per_seed[0][1].selection
+    return {"source_config": arm, "design": first.design, "rows": first.rows, "available": first.available,
+            "excluded": first.excluded, "n": first.n,
+            "selections": [{"data_seed": d, **{k: getattr(a.selection, k) for k in _SELECTION_KEYS},
+                            "data_hash": a.hash} for d, a in per_seed]}
 
 
 def manifest_path(base: TrainConfig) -> Path:
     return Path(base.output.dir) / "manifest.json"
 
 
-def write_manifest(base: TrainConfig, arms: dict[str, ArmData], runs: list[dict[str, Any]]) -> dict[str, Any]:
+def write_manifest(base: TrainConfig, arms: Selections, runs: list[dict[str, Any]]) -> dict[str, Any]:
     data = manifest(base, arms, runs)
     path = manifest_path(base)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ class RunResult:
     loss_png: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False
+    data_seed: int | None = None  # data.subsample_seed of the run (None in logs written before it was recorded)
 
 
 def detect_hardware() -> Hardware:
@@ -270,7 +271,7 @@ def _result(cfg: TrainConfig, data: ArmData, fp: str, run_dir: Path, saved: dict
                      n_families=data.selection.families, data_hash=data.hash, fingerprint=fp, output_dir=str(run_dir),
                      adapter_dir=saved.get("adapter_dir"), model_dir=saved.get("model_dir"),
                      merged_dir=saved.get("merged_dir"), log_json=str(run_dir / LOG_NAME), loss_png=None,
-                     metrics=metrics)
+                     metrics=metrics, data_seed=cfg.data.subsample_seed)
 
 
 def write_log(result: RunResult, cfg: TrainConfig, data: ArmData, hw: Hardware,
