@@ -22,7 +22,6 @@ KINDS = {"human": ("human",), "all": ("human", "llm", "demo")}
 def compute_agreement(snap: Snapshot, rater: Any, views: tuple[str, ...], resamples: int = 1000) -> dict[str, Any]:
     """views: "human" (experts only) and/or "all" (automated reviewers included)."""
     try:
-        from curation.review import agreement as est
         from curation.review.stats import agreement_intervals, fleiss_binary, pair_kappas
     except ModuleNotFoundError as exc:
         return {"available": False, "note": f"agreement statistics not computed: {exc.name} is not available"}
@@ -31,12 +30,12 @@ def compute_agreement(snap: Snapshot, rater: Any, views: tuple[str, ...], resamp
         kinds = KINDS[view]
         by_item = _reviews(snap, kinds, rater)
         units = _rubric_units(snap, kinds)
+        intervals = agreement_intervals(by_item, {d: list(u.values()) for d, u in units.items()}, resamples=resamples)
+        # the ordinal alpha per dimension is the intervals' point estimate (one computation, not two)
+        alpha = {d: {"alpha": intervals["rubric"][d]["krippendorff_alpha"]["estimate"],
+                     "units": sum(1 for v in u.values() if len(v) >= 2)} for d, u in units.items()}
         out[view] = {"cohen_pairs": pair_kappas(by_item), "fleiss": fleiss_binary(by_item),
-                     "krippendorff_rubric": {d: {"alpha": est.krippendorff_alpha(list(u.values()), "ordinal"),
-                                                 "units": sum(1 for v in u.values() if len(v) >= 2)}
-                                             for d, u in units.items()},
-                     "intervals": agreement_intervals(by_item, {d: list(u.values()) for d, u in units.items()},
-                                                      resamples=resamples)}
+                     "krippendorff_rubric": alpha, "intervals": intervals}
     return out
 
 

@@ -95,7 +95,8 @@ class RowMaker:
 
     def in_panel(self, item: Item) -> bool:
         s = self.snap
-        return (item.id in s.escalated or item.id in s.rubric or item.stage in PANEL_STAGES
+        return (item.id in s.escalated or item.stage in PANEL_STAGES
+                or any(r.phase == "panel" for r in s.rubric.get(item.id, ()))
                 or any(d.kind in PANEL_ACTIONS for d in s.decisions.get(item.id, ())))
 
     # ---- rows --------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from medcot.cli import main
 from medcot.config import BuildConfig, load_config
 from medcot.db import ItemRow
 from medcot.review_tables import DecisionRow, ReviewRow, RubricScoreRow, UserRow
+from medcot.revision import content_hash
 
 
 @pytest.fixture(autouse=True)
@@ -63,10 +64,12 @@ def test_round_trip_every_config_with_features(store, tmp_path: Path) -> None:
     assert four, "4-option items keep E as null"
     panel = [r for s in SPLITS for r in load(result.release_dir, "panel", tmp_path)[s]]
     assert all(r["rubric"] for r in panel)
-    item = panel[0]
+    item = panel[0]  # its rubric: every score given to the released text (question, options, key, CoT)
+    released = content_hash(item["question"], item["options"], "ABCDE"[item["answer"]], item["cot"])
     with store.engine.connect() as conn:
-        n = len(conn.execute(select(RubricScoreRow).where(RubricScoreRow.item_id == item["id"])).all())
-    assert len(item["rubric"]) == n and {"dimension", "score", "rater_kind", "rater_id_hash", "round"} <= set(
+        n = len(conn.execute(select(RubricScoreRow).where(RubricScoreRow.item_id == item["id"],
+                                                          RubricScoreRow.revision_hash == released)).all())
+    assert n > 0 and len(item["rubric"]) == n and {"dimension", "score", "rater_kind", "rater_id_hash", "round"} <= set(
         item["rubric"][0])
     assert all(r["validation"] == "expert" and r["consensus"]["expert_validated"] for r in train)
 
