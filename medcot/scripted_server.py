@@ -210,6 +210,8 @@ _OPTION_LINE = re.compile(r"^\s*([A-E])[.)．、:]\s*(.+?)\s*$", re.M)
 def schema_instance(schema: dict[str, Any]) -> Any:
     """A minimal instance of a JSON schema (first enum value, minimum, minItems copies): what a model that obeys
     the grammar but says nothing useful would return."""
+    if "anyOf" in schema:
+        return schema_instance(schema["anyOf"][0])
     if "enum" in schema:
         return schema["enum"][0]
     if "const" in schema:

