@@ -131,7 +131,8 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> Interval:
     denom = 1.0 + z2 / n
     centre = (p + z2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), confidence)
+    # the bounds hold p exactly (0 at k = 0, 1 at k = n), which rounding can break by ~1e-17
+    return Interval(p, min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)), confidence)
 
 
 # ---------------------------------------------------------------- data: outcomes -> run x item matrices

@@ -73,6 +73,22 @@ def test_wilson_literature_value_and_errors() -> None:
         wilson(5, 4)
 
 
+def test_wilson_bounds_always_hold_the_estimate() -> None:
+    """The demo once crashed plotting error bars: wilson(0, 3).low was 5.6e-17 > 0 = the estimate."""
+    for n in range(1, 120):
+        for k in range(n + 1):
+            iv = wilson(k, n)
+            assert 0.0 <= iv.low <= iv.estimate <= iv.high <= 1.0, (k, n, iv)
+    assert wilson(0, 3).low == 0.0 and wilson(10, 10).high == 1.0
+
+
+def test_accuracy_plot_takes_every_wilson_interval(tmp_path) -> None:
+    from eval.report import plot_accuracy
+    rows = [(f"m{k}", *(lambda iv: (iv.estimate, iv.low, iv.high))(wilson(k, 7))) for k in range(8)]
+    path = plot_accuracy(rows, tmp_path / "acc.png", "t")
+    assert path.is_file() and path.stat().st_size > 1000
+
+
 # ---------------------------------------------------------------- headline comparison
 
 def test_clearly_better_arm() -> None:

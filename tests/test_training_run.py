@@ -133,8 +133,8 @@ def test_matrix_via_pipeline_stage(tiny: dict, tmp_path: Path) -> None:
     from training.matrix import plan
     cfg_file = tmp_path / "train.yaml"
     text = DEMO.read_text(encoding="utf-8")
-    assert "max_steps: 6" in text
-    cfg_file.write_text(text.replace("max_steps: 6", "max_steps: 1")
+    assert "max_steps: 4" in text
+    cfg_file.write_text(text.replace("max_steps: 4", "max_steps: 1")
                         .replace("${MEDCOT_CACHE}/models/smollm2-135m-instruct", str(tiny["model"])), encoding="utf-8")
     check_stages(["train"])  # registers the stages of every package
     cfg = Config()
