@@ -28,6 +28,8 @@ from curation.review.agreement_ci import (
     agreement_summary,
     bootstrap_ci,
     bootstrap_cis,
+    cohen_kappa_ci,
+    cohen_kappa_cis,
     count_matrix,
     krippendorff_alpha_batch,
     nominal_batch,
@@ -382,3 +384,29 @@ def test_summaries_of_several_sets_equal_each_summary_alone():
     for name, ratings in sets.items():
         assert together[name] == agreement_summary(ratings, categories=(0, 1, 2, 3), level="ordinal",
                                                    resamples=150, seed=4), name
+
+
+def test_cohen_kappa_intervals_equal_the_generic_bootstrap():
+    rng = np.random.default_rng(11)
+    for trial in range(6):
+        n = int(rng.integers(5, 80))
+        a = rng.integers(0, 3, n).tolist()
+        b = [x if rng.random() < 0.7 else int(rng.integers(0, 3)) for x in a]
+        ours = cohen_kappa_ci([[(x, y)] for x, y in zip(a, b)], resamples=200, seed=trial)
+        generic = bootstrap_ci(paired(cohen_kappa), list(zip(a, b)), resamples=200, seed=trial)
+        for field in ("estimate", "low", "high"):
+            assert getattr(ours, field) == pytest.approx(getattr(generic, field), abs=1e-12), (trial, field)
+        assert ours.undefined_resamples == generic.undefined_resamples
+
+
+def test_cohen_kappa_pooled_units_keep_an_items_judgements_together_and_degenerate_cases():
+    units = [[(1, 1), (0, 0), (1, 0)], [(0, 0), (1, 1), (1, 1)], [(1, 0), (0, 1), (0, 0)]] * 5
+    pooled = cohen_kappa_cis({"pooled": units, "first": [[u[0]] for u in units]}, resamples=300, seed=1)
+    flat = [p for u in units for p in u]
+    assert pooled["pooled"].estimate == pytest.approx(cohen_kappa([p[0] for p in flat], [p[1] for p in flat]))
+    assert pooled["first"] == cohen_kappa_ci([[u[0]] for u in units], resamples=300, seed=1)
+    assert pooled["pooled"].n_units == 15  # items are resampled, not their judgements
+    everyone_approves = cohen_kappa_ci([[(1, 1)]] * 10, resamples=50)
+    assert everyone_approves.estimate is None and everyone_approves.low is None
+    empty = cohen_kappa_ci([], resamples=50)
+    assert empty.estimate is None and empty.n_units == 0

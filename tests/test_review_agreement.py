@@ -124,6 +124,10 @@ def test_stats_from_the_store(sqlite_url):
     assert pair["pair"] == ["rev1", "rev2"] and pair["items"] == 6
     assert pair["correctness"] == pytest.approx(cohen_kappa(a, b)) == pytest.approx(0.25)
     assert pair["relevance"] is None  # no variation at all
+    ci = pair["ci"]["correctness"]  # Cohen's kappa with its bootstrap interval over the pair's items
+    assert ci["estimate"] == pytest.approx(0.25) and ci["low"] <= 0.25 <= ci["high"] and ci["confidence"] == 0.95
+    assert pair["ci"]["relevance"]["estimate"] is None and pair["ci"]["relevance"]["low"] is None
+    assert pair["ci"]["pooled"]["estimate"] == pytest.approx(pair["pooled"])
     assert s["fleiss"]["raters_per_item"] == 2 and s["fleiss"]["correctness"] == pytest.approx(
         fleiss_from_ratings(list(zip(a, b))))
     alpha = s["krippendorff_rubric"]["medical_correctness"]
@@ -137,3 +141,4 @@ def test_stats_from_the_store(sqlite_url):
     assert s["agreement"]["rubric"]["medical_correctness"]["n_items_used"] == 6
     assert "percent agreement beside kappa" in render_text(s)
     assert "Cohen's kappa per reviewer pair" in render_text(s)
+    assert f"pooled {pair['pooled']:.3f} [" in render_text(s)

@@ -299,3 +299,69 @@ class _Prepared:
             "krippendorff_alpha": {**cis["krippendorff_alpha"].as_dict(), "level": level},
             "gwet_ac1": cis["gwet_ac1"].as_dict(),
         }
+
+
+def cohen_kappa_ci(units: Sequence[Sequence[tuple[Hashable, Hashable]]], resamples: int = 1000,
+                   confidence: float = 0.95, seed: int = 0) -> AgreementCI:
+    """Cohen's kappa of two raters with a percentile bootstrap interval over UNITS (items), vectorised.
+
+    A unit is the list of (label_a, label_b) pairs of one item: one pair for a single judgement, several for a
+    kappa pooled over judgements (an item's judgements stay together in a resample). Same draws and values as
+    `bootstrap_ci(paired(cohen_kappa), ...)` on one-pair units (tested to 1e-12); undefined (None) when both
+    raters put everything in one category."""
+    return cohen_kappa_cis({"k": units}, resamples, confidence, seed)["k"]
+
+
+def cohen_kappa_cis(named: Mapping[str, Sequence[Sequence[tuple[Hashable, Hashable]]]], resamples: int = 1000,
+                    confidence: float = 0.95, seed: int = 0) -> dict[str, AgreementCI]:
+    """`cohen_kappa_ci` of several unit lists over the same items (e.g. one pair's judgements): one draw of
+    multiplicities and one product per chunk for all of them (each equals its own `cohen_kappa_ci`)."""
+    _check(resamples, confidence)
+    cells = {name: _pair_cells(units) for name, units in named.items()}
+    out: dict[str, AgreementCI] = {}
+    for n in sorted({c.shape[0] for c, _ in cells.values()}):
+        group = [(name, c, k) for name, (c, k) in cells.items() if c.shape[0] == n]
+        draws = {name: np.full(resamples, np.nan) for name, _, _ in group}
+        if n:
+            stacked = np.hstack([c for _, c, _ in group])
+            edges = np.cumsum([0] + [c.shape[1] for _, c, _ in group])
+            rows = _draws(n, resamples, seed)
+            step = max(1, 4_000_000 // (n + stacked.shape[1]))
+            for start in range(0, resamples, step):
+                sums = _multiplicities(rows[start:start + step], n) @ stacked
+                for (name, _, k), lo, hi in zip(group, edges[:-1], edges[1:]):
+                    draws[name][start:start + step] = _kappa_from_cells(sums[:, lo:hi], k)
+        for name, c, k in group:
+            point = float(_kappa_from_cells(c.sum(axis=0, keepdims=True), k)[0]) if n else None
+            out[name] = _interval(_value(point), draws[name], confidence, n)
+    return {name: out[name] for name in named}
+
+
+def _pair_cells(units: Sequence[Sequence[tuple[Hashable, Hashable]]]) -> tuple[np.ndarray, int]:
+    """(cells, K): cells[i, a * K + b] = how many of unit i's pairs are (category a, category b)."""
+    labels = {x for u in units for pair in u for x in pair}
+    try:
+        cats = sorted(labels)  # type: ignore[type-var]
+    except TypeError:
+        cats = sorted(labels, key=repr)
+    k = len(cats)
+    col = {c: j for j, c in enumerate(cats)}
+    cells = np.zeros((len(units), k * k))
+    for i, u in enumerate(units):
+        for a, b in u:
+            cells[i, col[a] * k + col[b]] += 1
+    return cells, k
+
+
+def _kappa_from_cells(sums: np.ndarray, k: int) -> np.ndarray:
+    """Cohen's kappa per row of `sums` (B, K*K): the weighted a x b contingency table, row-major."""
+    table = sums.reshape(len(sums), k, k)
+    total = table.sum(axis=(1, 2))
+    rows, cols = table.sum(axis=2), table.sum(axis=1)
+    safe = np.where(total > 0, total, 1)
+    p_o = np.trace(table, axis1=1, axis2=2) / safe
+    p_e = (rows * cols).sum(axis=1) / (safe * safe)
+    # undefined exactly when both raters used one and the same category only (p_e = 1), or nothing was drawn
+    one_category = ((rows == total[:, None]) & (cols == total[:, None])).any(axis=1)
+    defined = (total > 0) & ~one_category
+    return np.where(defined, (p_o - p_e) / np.where(defined, 1 - p_e, 1), np.nan)

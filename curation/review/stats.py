@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from curation.review.agreement import cohen_kappa, fleiss_unequal, krippendorff_alpha
-from curation.review.agreement_ci import agreement_summaries
+from curation.review.agreement_ci import agreement_summaries, cohen_kappa_cis
 from medcot.db import ItemRow
 from medcot.review_tables import (
     BINARY_DIMENSIONS,
@@ -48,8 +48,9 @@ def _reviews(conn: Connection, kinds: tuple[str, ...]) -> dict[str, dict[str, di
     return out
 
 
-def pair_kappas(by_item: dict[str, dict[str, dict[str, int]]]) -> list[dict[str, Any]]:
-    """Cohen's kappa for every reviewer pair with common items: per judgement and pooled over the three."""
+def pair_kappas(by_item: dict[str, dict[str, dict[str, int]]], resamples: int = 1000) -> list[dict[str, Any]]:
+    """Cohen's kappa for every reviewer pair with common items: per judgement and pooled over the three, each
+    with a bootstrap interval (`ci`)."""
     shared: dict[tuple[str, str], list[str]] = defaultdict(list)
     for item, revs in by_item.items():
         for a, b in combinations(sorted(revs), 2):
@@ -61,6 +62,10 @@ def pair_kappas(by_item: dict[str, dict[str, dict[str, int]]]) -> list[dict[str,
             row[f] = cohen_kappa([by_item[i][a][f] for i in items], [by_item[i][b][f] for i in items])
         row["pooled"] = cohen_kappa([by_item[i][a][f] for f in BINARY_DIMENSIONS for i in items],
                                     [by_item[i][b][f] for f in BINARY_DIMENSIONS for i in items])
+        # 95% bootstrap intervals over the pair's shared items (pooled: an item's three judgements together)
+        units = {f: [[(by_item[i][a][f], by_item[i][b][f])] for i in items] for f in REVIEW_FIELDS}
+        units["pooled"] = [[(by_item[i][a][f], by_item[i][b][f]) for f in BINARY_DIMENSIONS] for i in items]
+        row["ci"] = {f: v.as_dict() for f, v in cohen_kappa_cis(units, resamples).items()}
         out.append(row)
     return out
 
@@ -151,7 +156,7 @@ def fmt(x: float | None) -> str:
 def render_text(s: dict[str, Any]) -> str:
     lines = [f"Agreement ({s['raters']} raters)", "", "Cohen's kappa per reviewer pair (initial review):"]
     for p in s["cohen_pairs"]:
-        lines.append(f"  {p['pair'][0]} / {p['pair'][1]} ({p['items']} items): pooled {fmt(p['pooled'])}; " +
+        lines.append(f"  {p['pair'][0]} / {p['pair'][1]} ({p['items']} items): pooled {fmt_ci(p['ci']['pooled'])}; " +
                      ", ".join(f"{f} {fmt(p[f])}" for f in REVIEW_FIELDS))
     if not s["cohen_pairs"]:
         lines.append("  (no pair of reviewers shares an item yet)")
