@@ -27,16 +27,20 @@ def register(main: click.Group) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Release folder to write (replaced only if it holds a previous release).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as one JSON line.")
+@click.option("--allow-empty", is_flag=True, help="Build even when the store holds no items.")
 def build(config_path: str | None, overrides: tuple[str, ...], store_url: str | None, out_dir: Path,
-          as_json: bool) -> None:
+          as_json: bool, allow_empty: bool) -> None:
     """Build the Hugging Face release (Parquet configs validated/unvalidated/panel, card, figures, lm-eval task)
     from the store. Integrity violations: exit 2, nothing written."""
     from dataset_builder.build import BuildError, build_release
     from dataset_builder.integrity import ReleaseIntegrityError
-    from medcot.cli import fail, get_config
-    from medcot.store import Store
+    from medcot.cli import fail, get_config, open_store
     cfg = get_config(config_path, overrides, store_url)
-    store = Store(cfg.store.url)
+    store = open_store(cfg.store.url)
+    if not allow_empty and store.count_items() == 0:
+        store.close()
+        fail(f"store {store.url} holds no items: nothing to release (pass --allow-empty to build an empty release); "
+             f"{out_dir} was not touched")
     try:
         result = build_release(store, cfg.build, out_dir, cfg.review)
     except (ReleaseIntegrityError, BuildError) as exc:

@@ -29,6 +29,15 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     sys.exit(code)
 
 
+def open_store(url: str, create: bool = False) -> Any:
+    """The store for a command; read-only commands (the default here) never create one: exit 2 naming it."""
+    from medcot.store import Store, StoreMissingError
+    try:
+        return Store(url, create=create)
+    except StoreMissingError as exc:
+        fail(str(exc))
+
+
 def get_config(config_path: str | None, overrides: tuple[str, ...] = (), store_url: str | None = None,
                cls: type = Config) -> Any:
     sets = list(overrides) + ([f"store.url={store_url}"] if store_url else [])
@@ -193,9 +202,8 @@ def run(config_path: str | None, overrides: tuple[str, ...], no_progress: bool) 
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(store_url: str | None, config_path: str | None, as_json: bool) -> None:
     """Counts of items per stage and of stored LLM calls."""
-    from medcot.store import Store
     cfg = get_config(config_path, store_url=store_url)
-    store = Store(cfg.store.url)
+    store = open_store(cfg.store.url)
     info = {"store": store.url, "items": store.count_items(), "stages": store.stage_counts(),
             "llm_calls": store.call_totals()}
     if as_json:

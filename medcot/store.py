@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, create_engine, event, func, insert, select
+from sqlalchemy import bindparam, create_engine, event, func, insert, inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -31,15 +31,27 @@ def normalize_text(text: str) -> str:
     return "".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
-def store_url(url_or_path: str) -> str:
-    """Accept a SQLAlchemy URL or a plain file path (taken as SQLite)."""
+class StoreMissingError(ValueError):
+    """A read-only command was pointed at a store that does not exist (nothing was created)."""
+
+
+def store_url(url_or_path: str, create: bool = True) -> str:
+    """Accept a SQLAlchemy URL or a plain file path (taken as SQLite); create=False never makes a folder."""
     if "://" in url_or_path:
         if url_or_path.startswith("postgresql://"):
             return "postgresql+psycopg://" + url_or_path[len("postgresql://"):]
         return url_or_path
     path = Path(url_or_path).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite") or ":memory:" in url or url.rstrip("/").endswith(":"):
+        return None
+    return Path(url.split(":///", 1)[1]) if ":///" in url else None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -55,11 +67,24 @@ RATER_KEY = "rater_pseudonym_key"  # HMAC key of the published reviewer pseudony
 
 
 class Store:
+    """The store. create=False (read-only commands: status, build, review stats/export, eval contamination)
+    opens an existing medcot store only: a missing SQLite file, or a database without medcot's tables, raises
+    StoreMissingError naming it, and nothing is created."""
+
     def __init__(self, url: str, create: bool = True):
-        self.url = store_url(url)
+        self.url = store_url(url, create)
+        db_file = _sqlite_file(self.url)
+        if not create and db_file is not None and not db_file.is_file():
+            raise StoreMissingError(f"store {db_file} does not exist (this command never creates a store: check "
+                                    "the path, or create it with `medcot run` / `medcot curate`)")
         self.engine: Engine = create_engine(self.url, future=True)
+        if not create and not inspect(self.engine).has_table(ItemRow.__tablename__):  # before any pragma writes
+            self.engine.dispose()
+            raise StoreMissingError(f"{db_file or self.url} is not a medcot store (no `{ItemRow.__tablename__}` "
+                                    "table); nothing was changed")
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            self.engine.dispose()  # so that every pooled connection gets the pragmas
         if create:
             Base.metadata.create_all(self.engine)
             self.secret(RATER_KEY)

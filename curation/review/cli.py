@@ -12,9 +12,10 @@ import click
 from medcot.cli import config_option, fail, get_config, set_option, store_option
 
 
-def _store(cfg: Any) -> Any:
-    from medcot.store import Store
-    return Store(cfg.store.url)
+def _store(cfg: Any, create: bool = False) -> Any:
+    """Read-only commands (stats, exports) never create a store; add-user and imports may."""
+    from medcot.cli import open_store
+    return open_store(cfg.store.url, create)
 
 
 def register(main: click.Group) -> None:
@@ -65,7 +66,7 @@ def register(main: click.Group) -> None:
         else:
             password = click.prompt("password", hide_input=True, confirmation_prompt=True)
         try:
-            user = create_user(_store(cfg), name, role, password)
+            user = create_user(_store(cfg, create=True), name, role, password)
         except ReviewError as exc:
             fail(str(exc))
         click.echo(f"added {user.role} {user.name!r} (id {user.id})")
@@ -93,10 +94,11 @@ def register(main: click.Group) -> None:
         """Every audit event (views, assignments, submissions, edits, regenerations, decisions) as JSON lines."""
         from curation.review.labelstudio import audit_lines
         cfg = get_config(config_path, store_url=store_url)
+        store = _store(cfg)  # before the output file is opened: a missing store leaves no empty file behind
         stream = sys.stdout if out == "-" else open(out, "w", encoding="utf-8")
         try:
             n = 0
-            for line in audit_lines(_store(cfg), item):
+            for line in audit_lines(store, item):
                 stream.write(line + "\n")
                 n += 1
         finally:
