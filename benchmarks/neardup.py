@@ -2,7 +2,7 @@
 
     python benchmarks/neardup.py [--quick]
 
-Seeds: ../shared/data/seed_{zh,en}.jsonl (1,000 CMExam, 500 MedMCQA), else data/seeds/demo_*.jsonl.
+Seeds: data/seeds/seed_{zh,en}.jsonl (1,000 CMExam, 500 MedMCQA, bundled).
 Recall: the originals go into a NearDupIndex, perturbed copies (new ids) are the queries, so the LSH
 candidate stage is exercised; a copy counts as found if its original is among its matches.
 False positives: every pair of distinct seeds of one language, through find_pairs_within (the index),
@@ -53,8 +53,7 @@ def is_cjk(ch: str) -> bool:
 
 # ---- data ----------------------------------------------------------------------------------------
 def seed_path(lang: str) -> Path:
-    shared = ROOT.parent / "shared" / "data" / f"seed_{lang}.jsonl"
-    return shared if shared.exists() else ROOT / "data" / "seeds" / f"demo_{lang}.jsonl"
+    return ROOT / "data" / "seeds" / f"seed_{lang}.jsonl"
 
 
 def load(lang: str) -> list[DupText]:

@@ -1,6 +1,6 @@
 """The held-out eval split of the shared seed data: items production curation never imports.
 
-    python -m eval.heldout            # (re)writes data/eval/ from ../shared/data
+    python -m eval.heldout            # (re)writes data/eval/ from data/seeds/seed_{zh,en}.jsonl
     python -m eval.heldout --check    # exit 2 if data/eval/ differs from what the rule gives
 
 Rule (HELDOUT_RULE): a seed is held out iff the first 16 hex digits of sha256("medcot-heldout@1:" + id), read
@@ -24,7 +24,7 @@ HELDOUT_RULE = "heldout@1"
 SALT = "medcot-heldout@1"
 FRACTION = 0.2
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = {"zh": REPO.parent / "shared" / "data" / "seed_zh.jsonl", "en": REPO.parent / "shared" / "data" / "seed_en.jsonl"}
+SOURCES = {"zh": REPO / "data" / "seeds" / "seed_zh.jsonl", "en": REPO / "data" / "seeds" / "seed_en.jsonl"}
 OUT_DIR = REPO / "data" / "eval"
 IDS_FILE = "heldout_ids.txt"
 

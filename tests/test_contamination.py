@@ -26,7 +26,7 @@ from medcot.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "seeds"
-SHARED = REPO.parent / "shared" / "data"
+SHARED = REPO / "data" / "seeds"  # the bundled full seed files
 
 
 @pytest.fixture(autouse=True)
@@ -268,10 +268,8 @@ def test_excluded_seeds_are_never_imported_and_the_limit_counts_the_rest(tmp_pat
 
 
 # ---- the held-out split and the production / demo configs -------------------------------------------------------
-needs_shared = pytest.mark.skipif(not (SHARED / "seed_zh.jsonl").is_file(), reason="shared seed data not here")
 
 
-@needs_shared
 def test_the_committed_heldout_files_follow_the_rule() -> None:
     files, counts = heldout.expected_files()
     for name, text in files.items():
@@ -282,7 +280,6 @@ def test_the_committed_heldout_files_follow_the_rule() -> None:
     assert len(held) == 270 and all(heldout.is_heldout(i) for i in held)
 
 
-@needs_shared
 def test_the_production_eval_files_do_not_overlap_the_production_curation_seeds(monkeypatch) -> None:
     monkeypatch.chdir(REPO)
     cfg = load_config("configs/eval/production.yaml", cls=EvalConfig)

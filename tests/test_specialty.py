@@ -42,10 +42,9 @@ def test_bundled_taxonomy() -> None:
     assert tax.from_subject("Dental") == "stomatology" and tax.from_subject("gynaecology & obstetrics") == "obstetrics_gynecology"
     assert tax.from_subject("Pharmacology") is None and tax.from_subject(None) is None
     # every MedMCQA subject of the shared seed file is in the map (mapped or explicitly left to the LLM)
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_en.jsonl"
-    if shared.is_file():
-        subjects = {json.loads(line)["subject"] for line in shared.read_text().splitlines() if line.strip()}
-        assert {s.casefold() for s in subjects} <= set(tax.subject_map)
+    shared = Path(__file__).resolve().parents[1] / "data" / "seeds" / "seed_en.jsonl"
+    subjects = {json.loads(line)["subject"] for line in shared.read_text().splitlines() if line.strip()}
+    assert {s.casefold() for s in subjects} <= set(tax.subject_map)
 
 
 def test_bad_taxonomy_is_a_config_error(tmp_path: Path) -> None:

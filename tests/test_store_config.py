@@ -89,4 +89,7 @@ def test_shipped_configs_load() -> None:
     for name in ("demo.yaml", "deepseek-r1.yaml"):
         cfg = load_config(root / "configs" / name)
         assert cfg.run.stages
+        for f in cfg.seeds.files:  # seed files live in the repository, never outside it
+            path = (root / f).resolve()
+            assert not Path(f).is_absolute() and path.is_relative_to(root) and path.is_file(), f
     assert load_config(root / "configs" / "deepseek-r1.yaml").llm.model == "deepseek-ai/DeepSeek-R1"
