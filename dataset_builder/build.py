@@ -30,11 +30,24 @@ from dataset_builder.rows import RowMaker
 from dataset_builder.snapshot import Snapshot, read_snapshot
 from dataset_builder.splits import assign_families
 from dataset_builder.stats import ReleaseStats, compute_stats
+from dataset_builder.versions import (
+    INDEX,
+    Previous,
+    VersionError,
+    changes,
+    check_version,
+    keep_splits,
+    read_previous,
+    release_index,
+    removed_reasons,
+    write_version_files,
+)
 from dataset_builder.writer import SplitFiles, write_config
 from medcot.config import BuildConfig, ReviewConfig
 from medcot.neardup import DupText, NearDupIndex
 from medcot.store import RATER_KEY, Store
 
+PUSH_RECORD = ".medcot-push.json"  # written by `medcot push` (dataset_builder.push), kept across rebuilds
 MARKER = "release_stats.json"  # an existing folder is replaced only if it holds this (a previous release)
 SPECIALTY_PNG = "figures/specialty_distribution.png"
 RUBRIC_PNG = "figures/rubric_scores.png"
@@ -80,11 +93,27 @@ def pipeline_version() -> str:
 
 
 def build_release(store: Store, cfg: BuildConfig, out_dir: str | Path,
-                  review: ReviewConfig | None = None) -> BuildResult:
+                  review: ReviewConfig | None = None, previous: str | Path | None = None) -> BuildResult:
     """Build the release into out_dir (replaced atomically); ReleaseIntegrityError names violating items.
-    `review`: the review rules the votes are re-verified under (rubric policy, min_agree); default ReviewConfig()."""
+    `review`: the review rules the votes are re-verified under (rubric policy, min_agree); default ReviewConfig().
+    `previous`: the release this one succeeds (default: the release in out_dir, if any): changes.json is
+    computed against it and its families keep their split."""
     with _gc_paused():
-        return _build(store, cfg, out_dir, review or ReviewConfig())
+        return _build(store, cfg, out_dir, review or ReviewConfig(), previous)
+
+
+def _previous(out: Path, previous: str | Path | None, version: str) -> Previous | None:
+    try:
+        new = check_version(version)
+        prev = read_previous(Path(previous).resolve() if previous else out)
+        old = check_version(prev.version) if prev and prev.version else None
+    except VersionError as exc:
+        raise BuildError(str(exc)) from exc
+    if previous and prev is None:
+        raise BuildError(f"--previous {previous}: no medcot release index ({INDEX}) there")
+    if new and old and new <= old:
+        raise BuildError(f"version {version} must be greater than the previous release's {prev.version}")  # type: ignore[union-attr]
+    return prev
 
 
 @contextlib.contextmanager
@@ -100,18 +129,26 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _build(store: Store, cfg: BuildConfig, out_dir: str | Path, review: ReviewConfig) -> BuildResult:
+def _build(store: Store, cfg: BuildConfig, out_dir: str | Path, review: ReviewConfig,
+           previous_dir: str | Path | None) -> BuildResult:
     start = time.perf_counter()
     out = Path(out_dir).resolve()
     _check_target(out)
+    previous = _previous(out, previous_dir, cfg.version)
     snap = read_snapshot(store)
     maker = RowMaker(snap, store.secret(RATER_KEY), pipeline_version(), cfg.allow_automated_reviewers, review)
     sets = maker.build()
-    assignment = assign_families((it.family_id for it in snap.items), cfg.seed, cfg.splits)
+    assignment = keep_splits(assign_families((it.family_id for it in snap.items), cfg.seed, cfg.splits), previous)
     split_rows = {c: _split(rows, assignment) for c, rows in sets.rows.items()}
     violations = check_release(split_rows, cfg.allow_automated_reviewers, review.consensus.min_agree)
     if violations:
         raise ReleaseIntegrityError(violations)
+    index = release_index(split_rows, cfg.version)
+    latest = removed_reasons(lambda i: (d.kind if (d := snap.current_decision(i)) else None))
+    try:
+        diff = changes(index, previous, latest)
+    except VersionError as exc:
+        raise BuildError(str(exc)) from exc
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="near-duplicates") as pool:
         # overlaps with the Parquet writing (which releases the GIL)
         pending = pool.submit(near_duplicate_pairs, split_rows)
@@ -126,6 +163,9 @@ def _build(store: Store, cfg: BuildConfig, out_dir: str | Path, review: ReviewCo
             pairs = pending.result()
             near = _near_counts(split_rows, pairs)
             files = _write_card(tmp, cfg, split_rows, written, figs, stats, agree, near, pairs, snap)
+            files += write_version_files(tmp, index, diff, previous)
+            if (out / PUSH_RECORD).is_file():  # what the last push of this folder uploaded (for its deletions)
+                shutil.copy2(out / PUSH_RECORD, tmp / PUSH_RECORD)
             _replace(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -298,6 +298,8 @@ class BuildConfig:
     """The Hugging Face release (`medcot build`): splits by seed family, integrity checks, card, lm-eval task."""
 
     seed: int = field(default=20250510, metadata={"help": "seed of the family -> split assignment"})
+    version: str = field(default="", metadata={
+        "help": "release version X.Y.Z (semver); changes.json and CHANGELOG.md compare with the previous release"})
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1},
                                      metadata={"help": "fraction of seed FAMILIES per split (train/validation/test)"})
     allow_automated_reviewers: bool = field(default=False, metadata={

@@ -214,6 +214,7 @@ def test_expert_label_needs_two_human_users_on_record(tmp_path: Path) -> None:
 
 def test_build_and_push_commands(store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)  # no login on this machine either
     runner = CliRunner()
     assert {"build", "push"} <= set(main.list_commands(click.Context(main)))
     out = tmp_path / "rel"
@@ -227,9 +228,48 @@ def test_build_and_push_commands(store, tmp_path: Path, monkeypatch: pytest.Monk
     assert "create_repo(repo_id='org/medcot', repo_type='dataset', private=True" in res.output
     assert "upload README.md" in res.output and "upload data/validated/test-00000-of-00001.parquet" in res.output
     res = runner.invoke(main, ["push", str(out), "--repo-id", "org/medcot"])
-    assert res.exit_code == 2 and "HF_TOKEN" in res.output
+    assert res.exit_code == 2 and "HF_TOKEN" in res.output and "hf auth login" in res.output
     res = runner.invoke(main, ["push", str(tmp_path), "--repo-id", "org/medcot", "--dry-run"])
     assert res.exit_code == 2 and "not a medcot release" in res.output
+    for bad in ("org/med cot", "org//x", "-org/x", "org/x/y", "org/x..y"):
+        res = runner.invoke(main, ["push", str(out), "--repo-id", bad, "--dry-run"])
+        assert res.exit_code == 2 and "ORG/NAME" in res.output, bad
+
+
+def test_dry_run_lists_the_deletions_of_a_re_push_with_fewer_shards(store, tmp_path: Path) -> None:
+    from dataset_builder.push import plan_push, record_push
+    out = tmp_path / "rel"
+    build_release(store, BuildConfig(shard_rows=20, version="1.0.0"), out)
+    many = sorted(p.name for p in (out / "data" / "unvalidated").glob("train-*.parquet"))
+    assert len(many) > 1
+    first = plan_push(out, "org/medcot")
+    assert first.deletions == [] and first.tag == "v1.0.0"
+    record_push(first, "abc123")  # as a completed upload leaves it
+    build_release(store, BuildConfig(shard_rows=50000, version="1.1.0"), out)  # one shard per split now
+    res = CliRunner().invoke(main, ["push", str(out), "--repo-id", "org/medcot", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    for name in many:
+        assert f"delete data/unvalidated/{name} (in the last push, not in this release)" in res.output
+    assert "upload data/unvalidated/train-00000-of-00001.parquet" in res.output
+    assert "create_tag(repo_id='org/medcot', tag='v1.1.0'" in res.output
+    assert "upload .medcot-push.json" not in res.output  # the record itself is never uploaded
+    other = plan_push(out, "org/another")  # deletions are per repository
+    assert other.deletions == []
+
+
+def test_private_never_goes_out_public_in_silence() -> None:
+    from types import SimpleNamespace
+
+    from dataset_builder.push import PushError, PushPlan, _check_visibility
+    calls: list[str] = []
+    api = SimpleNamespace(repo_info=lambda repo_id, repo_type: SimpleNamespace(private=False),
+                          update_repo_settings=lambda repo_id, private, repo_type: calls.append(f"{repo_id} {private}"))
+    with pytest.raises(PushError, match="PUBLIC"):
+        _check_visibility(api, PushPlan("org/x", private=True, folder=Path(".")))
+    assert calls == []
+    _check_visibility(api, PushPlan("org/x", private=True, folder=Path("."), make_private=True))
+    assert calls == ["org/x True"]
+    _check_visibility(api, PushPlan("org/x", private=False, folder=Path(".")))  # public push: nothing to check
 
 
 def test_pipeline_build_and_export_stages(store, tmp_path: Path) -> None:
