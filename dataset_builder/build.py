@@ -242,7 +242,7 @@ def _write_card(root: Path, cfg: BuildConfig, split_rows: SplitRows, written: di
         default="validated" if "validated" in written else None,
         automated_in_validated=any(r.validation == "automated" for r in validated),
         figures=figs, stats=stats, agreement=agree, near_dups=near, total_items=len(snap.items),
-        rated_items=len(snap.rubric),
+        rated_items=len(snap.rubric), version=cfg.version,
         standard_versions=tuple(sorted({r.standard_version for rows in snap.rubric.values() for r in rows
                                         if r.standard_version}))))
     (root / "README.md").write_text(card, encoding="utf-8")

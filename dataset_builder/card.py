@@ -41,6 +41,7 @@ class CardInputs:
     near_dups: dict[str, dict[str, int]]   # config -> split -> eval rows with a train near-duplicate
     total_items: int
     rated_items: int = 0                   # items with any rubric score (the rubric figure's population)
+    version: str = ""                      # build.version (semver) or "" (unversioned)
     standard_versions: tuple[str, ...] = ()  # annotation standard versions of the scores
 
 
@@ -106,7 +107,8 @@ def render_card(inp: CardInputs) -> str:
         rubric_figure=inp.figures.get("rubric"), specialties=st.specialties, reviewer_kinds=st.reviewer_kinds,
         judgements_by_kind=st.judgements_by_kind, decisions=st.decisions, agreement=inp.agreement, fmt=_fmt,
         near_dup_rule=NEARDUP_RULE, split_rule=SPLIT_RULE, near_dups=inp.near_dups, sources=st.sources, columns=COLUMN_HELP,
-        invariant=INVARIANT, ci=_ci, rated_items=inp.rated_items, standard_versions=list(inp.standard_versions))
+        invariant=INVARIANT, ci=_ci, rated_items=inp.rated_items, standard_versions=list(inp.standard_versions),
+        version=inp.version)
     return f"---\n{card_yaml(inp)}\n---\n\n{body}"
 
 

@@ -62,6 +62,7 @@ def test_v1_1_0_lists_exactly_the_added_ids_and_keeps_every_family_split(tmp_pat
     old_split = {e["family_id"]: e["split"] for rows in v1["configs"].values() for e in rows.values()}
     new_split = {e["family_id"]: e["split"] for rows in v2["configs"].values() for e in rows.values()}
     assert old_split and all(new_split[f] == s for f, s in old_split.items())
+    assert "**Version 1.1.0.**" in (out / "README.md").read_text(encoding="utf-8")
     log = (out / CHANGELOG).read_text(encoding="utf-8")
     assert log.index("## 1.1.0 (since 1.0.0)") < log.index("## 1.0.0")
     assert "`unvalidated`: 12 added, 0 removed, 0 changed" in log
