@@ -31,10 +31,10 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 
 def open_store(url: str, create: bool = False) -> Any:
     """The store for a command; read-only commands (the default here) never create one: exit 2 naming it."""
-    from medcot.store import Store, StoreMissingError
+    from medcot.store import Store, StoreError
     try:
         return Store(url, create=create)
-    except StoreMissingError as exc:
+    except StoreError as exc:
         fail(str(exc))
 
 
@@ -76,6 +76,7 @@ def run_guarded(fn: Any, *args: Any, _errors: tuple[ErrorRule, ...] = (), **kwar
     first, then the core's and the registered ones; anything else is one line and exit 1, never a traceback."""
     from medcot.llm import LLMError
     from medcot.seeds import SeedError
+    from medcot.store import StoreError
     try:
         return fn(*args, **kwargs)
     except Exception as exc:
@@ -84,7 +85,7 @@ def run_guarded(fn: Any, *args: Any, _errors: tuple[ErrorRule, ...] = (), **kwar
                 fail(f"{headline}: {exc}" if headline else str(exc), code)
         if isinstance(exc, SeedError):
             fail(f"seed file rejected, nothing was written:\n{exc}")
-        if isinstance(exc, ConfigError):
+        if isinstance(exc, (ConfigError, StoreError)):
             fail(str(exc))
         if isinstance(exc, LLMError):
             fail(f"{exc}\nEverything finished before this is saved in the store; rerun the same command to "

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, create_engine, event, func, insert, inspect, select
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 
 from medcot.db import AttemptRow, Base, CallRow, CandidateRow, EventRow, GenerationRow, ItemRow
 from medcot.records import Attempt, CallRecord, Candidate, Event, Generation, Item
@@ -31,8 +31,19 @@ def normalize_text(text: str) -> str:
     return "".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
-class StoreMissingError(ValueError):
+class StoreError(ValueError):
+    """The store cannot be opened: unreachable database, no driver installed, or (read-only) no such store."""
+
+
+class StoreMissingError(StoreError):
     """A read-only command was pointed at a store that does not exist (nothing was created)."""
+
+
+def _safe(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def store_url(url_or_path: str, create: bool = True) -> str:
@@ -77,11 +88,23 @@ class Store:
         if not create and db_file is not None and not db_file.is_file():
             raise StoreMissingError(f"store {db_file} does not exist (this command never creates a store: check "
                                     "the path, or create it with `medcot run` / `medcot curate`)")
-        self.engine: Engine = create_engine(self.url, future=True)
+        try:
+            self.engine: Engine = create_engine(self.url, future=True)
+        except (ModuleNotFoundError, NoSuchModuleError, ArgumentError) as exc:
+            raise StoreError(f"store {_safe(self.url)}: cannot use this database URL ({exc}); install its driver "
+                             "(PostgreSQL: pip install 'psycopg[binary]') or fix the URL") from exc
+        try:
+            self._open(create, db_file)
+        except OperationalError as exc:
+            self.engine.dispose()
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise StoreError(f"cannot reach the store {_safe(self.url)}: {reason}") from exc
+
+    def _open(self, create: bool, db_file: Path | None) -> None:
         if not create and not inspect(self.engine).has_table(ItemRow.__tablename__):  # before any pragma writes
             self.engine.dispose()
-            raise StoreMissingError(f"{db_file or self.url} is not a medcot store (no `{ItemRow.__tablename__}` "
-                                    "table); nothing was changed")
+            raise StoreMissingError(f"{db_file or _safe(self.url)} is not a medcot store (no "
+                                    f"`{ItemRow.__tablename__}` table); nothing was changed")
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
             self.engine.dispose()  # so that every pooled connection gets the pragmas

@@ -66,3 +66,15 @@ def test_build_refuses_an_empty_store_unless_allowed(tmp_path, release):
     allowed = _run("build", "--store", str(empty), "--out", str(tmp_path / "empty-release"), "--allow-empty")
     assert allowed.exit_code == 0, allowed.output
     assert (tmp_path / "empty-release" / "README.md").is_file()
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("mysql://u@127.0.0.1:1/db", "install its driver"),  # the MySQL driver is not installed here
+    ("nosuchdb://x/y", "cannot use this database URL"),
+    ("postgresql://u:hunter2@127.0.0.1:1/db", "cannot reach the store postgresql+psycopg://u:***@127.0.0.1:1/db"),
+])
+def test_unusable_database_urls_are_one_clear_line_without_the_password(url, expected):
+    result = CliRunner().invoke(main, ["status", "--store", url])
+    assert result.exit_code == 2
+    assert expected in result.output and "hunter2" not in result.output
+    assert "Traceback" not in result.output
