@@ -21,8 +21,8 @@ def _guarded(fn: Any, *args: Any, _extra: tuple[type[Exception], ...] = (), **kw
     from eval.data import EvalDataError
     from eval.models import ManifestError
     from eval.schema_check import SchemaError
-    from medcot.server import ServerError
-    bad = (EvalDataError, ManifestError, CompareError, SchemaError, FileNotFoundError, *_extra)
+    from medcot.server import BadServerSetup, ServerError
+    bad = (EvalDataError, ManifestError, CompareError, SchemaError, FileNotFoundError, BadServerSetup, *_extra)
     return run_guarded(fn, *args, _errors=((bad, "", EXIT_BAD_INPUT), (ServerError, "", EXIT_LLM_DOWN)), **kwargs)
 
 

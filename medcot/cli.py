@@ -76,6 +76,7 @@ def run_guarded(fn: Any, *args: Any, _errors: tuple[ErrorRule, ...] = (), **kwar
     first, then the core's and the registered ones; anything else is one line and exit 1, never a traceback."""
     from medcot.llm import LLMError
     from medcot.seeds import SeedError
+    from medcot.server import BadServerSetup, ServerError
     from medcot.store import StoreError
     try:
         return fn(*args, **kwargs)
@@ -85,8 +86,11 @@ def run_guarded(fn: Any, *args: Any, _errors: tuple[ErrorRule, ...] = (), **kwar
                 fail(f"{headline}: {exc}" if headline else str(exc), code)
         if isinstance(exc, SeedError):
             fail(f"seed file rejected, nothing was written:\n{exc}")
-        if isinstance(exc, (ConfigError, StoreError)):
+        if isinstance(exc, (ConfigError, StoreError, BadServerSetup)):
             fail(str(exc))
+        if isinstance(exc, ServerError):
+            fail(f"{exc}\nEverything finished before this is saved in the store; rerun the same command to resume.",
+                 EXIT_LLM_DOWN)
         if isinstance(exc, LLMError):
             fail(f"{exc}\nEverything finished before this is saved in the store; rerun the same command to "
                  "resume.", EXIT_LLM_DOWN)
@@ -162,7 +166,7 @@ def run_stages(cfg: Config, names: list[str]) -> dict[str, Any]:
 @set_option
 def serve(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Start the vLLM OpenAI-compatible server of the config (127.0.0.1) until Ctrl-C."""
-    from medcot.server import ServerError, VLLMServer
+    from medcot.server import BadServerSetup, ServerError, VLLMServer
     cfg = get_config(config_path, overrides)
     if not cfg.server.model:
         fail("server.model is empty: name a model folder or Hub id in the config")
@@ -170,6 +174,8 @@ def serve(config_path: str | None, overrides: tuple[str, ...]) -> None:
         with VLLMServer(cfg.server, log_path=cfg.server.log_file or Path(cfg.run.out_dir) / "logs" / "vllm.log") as srv:
             click.echo(f"serving {srv.model_name} at {srv.base_url} (Ctrl-C to stop)")
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except BadServerSetup as exc:
+        fail(str(exc))
     except ServerError as exc:
         fail(str(exc), EXIT_LLM_DOWN)
     click.echo("server stopped")

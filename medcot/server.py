@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -94,6 +95,22 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((_connect_host(host), 0))
         return int(sock.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on host:port (a bind would fail)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((_connect_host(host), port))
+        except OSError:
+            return True
+    return False
+
+
+def _looks_local(model: str) -> bool:
+    """A path rather than a Hub id: absolute, ~, ./ or ../ (a Hub id is ORG/NAME)."""
+    return model.startswith(("/", "~", "./", "../")) or model.count("/") > 1
 
 
 def _connect_host(host: str) -> str:
@@ -191,6 +208,10 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+class BadServerSetup(ServerError):
+    """The server cannot start for a reason the user fixes in the config (exit 2, not "server down")."""
+
+
 class VLLMServer:
     """A managed vLLM server; a context manager that starts it and stops it."""
 
@@ -219,6 +240,13 @@ class VLLMServer:
     def start(self) -> VLLMServer:
         if self.is_running():
             return self
+        model = os.path.expanduser(self.cfg.model)
+        if self.cfg.model and _looks_local(self.cfg.model) and not Path(model).is_dir():
+            raise BadServerSetup(f"server.model: model folder {model} does not exist (the demo's comes from "
+                                 "`make model`; a Hub id looks like ORG/NAME)")
+        if port_in_use(self.cfg.host, self.cfg.port):
+            raise BadServerSetup(f"port {self.cfg.port} on {self.cfg.host} is already in use (another server?): "
+                                 "set server.port to a free port, or 0 for any free one")
         cmd = build_command(self.cfg)
         env = build_env(self.cfg)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,6 +279,7 @@ class VLLMServer:
                                   f"(log {self.log_path}); last {LOG_TAIL_LINES} lines:\n"
                                   f"{_tail(self.log_path)}")
             if healthy(self.base_url, timeout=2.0):
+                self._check_serves_our_model()
                 return
             if time.monotonic() >= deadline:
                 self.stop()
@@ -258,6 +287,18 @@ class VLLMServer:
                                   f"(log {self.log_path}); last {LOG_TAIL_LINES} lines:\n"
                                   f"{_tail(self.log_path)}")
             time.sleep(_POLL_S)
+
+    def _check_serves_our_model(self) -> None:
+        """/health answers for any vLLM: make sure this one lists our served model name."""
+        try:
+            with _OPENER.open(self.base_url.rstrip("/") + "/models", timeout=5) as resp:
+                names = [m.get("id") for m in json.load(resp).get("data", [])]
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            names = [f"(no model list: {exc})"]
+        if self.model_name not in names:
+            self.stop()
+            raise ServerError(f"the server at {self.base_url} is not ours: it serves {names}, not "
+                              f"{self.model_name!r} (log {self.log_path})")
 
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

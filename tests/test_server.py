@@ -54,21 +54,24 @@ def _alive(pid: int) -> bool:
 # then serves GET /health on --port (optionally ignoring SIGTERM).
 FAKE_SERVER = """#!/bin/bash
 port=""
-while [ $# -gt 0 ]; do case "$1" in --port) port="$2"; shift;; esac; shift; done
+name=""
+while [ $# -gt 0 ]; do case "$1" in --port) port="$2"; shift;; --served-model-name) name="$2"; shift;; esac; shift; done
 sleep 300 &
 echo $! > "$CHILD_PID_FILE"
 echo "fake vllm on port $port"
 exec {python} -c '
-import os, signal, sys
+import json, os, signal, sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 if os.environ.get("IGNORE_TERM"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 class H(BaseHTTPRequestHandler):
     def do_GET(self):
-        self.send_response(200 if self.path == "/health" else 404); self.end_headers()
+        body = json.dumps(dict(data=[dict(id=sys.argv[2])])).encode() if self.path == "/v1/models" else b""
+        self.send_response(200 if self.path in ("/health", "/v1/models") else 404); self.end_headers()
+        self.wfile.write(body)
     def log_message(self, *a): pass
 HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-' "$port"
+' "$port" "$name"
 """
 
 
@@ -145,7 +148,7 @@ def test_vllm_python_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 def test_server_that_exits_raises_with_log_tail(tmp_path: Path) -> None:
     lines = "".join(f"echo line{i}\n" for i in range(40))
     python = _script(tmp_path / "python", f"#!/bin/sh\n{lines}echo 'boom: no such model' >&2\nexit 3\n")
-    server = VLLMServer(ServerConfig(python=python, model="/m/x", port=0, startup_timeout_s=30),
+    server = VLLMServer(ServerConfig(python=python, model=str(tmp_path), port=0, startup_timeout_s=30),
                         log_path=tmp_path / "server.log")
     t0 = time.monotonic()
     with pytest.raises(ServerError) as info:
@@ -160,7 +163,8 @@ def test_server_that_exits_raises_with_log_tail(tmp_path: Path) -> None:
 
 def _serve(fake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> VLLMServer:
     monkeypatch.setenv("CHILD_PID_FILE", str(tmp_path / "child.pid"))
-    cfg = ServerConfig(python=fake, model="/m/fake", port=0, startup_timeout_s=30, env=dict(env))
+    (tmp_path / "fake-model").mkdir(exist_ok=True)
+    cfg = ServerConfig(python=fake, model=str(tmp_path / "fake-model"), port=0, startup_timeout_s=30, env=dict(env))
     return VLLMServer(cfg, log_path=tmp_path / "server.log")
 
 
@@ -193,7 +197,14 @@ class _Health(BaseHTTPRequestHandler):
     ready_after = 3
     calls = 0
 
+    served = "x"  # what /v1/models lists
+
     def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/v1/models":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(json.dumps({"data": [{"id": self.served}]}).encode())
+            return
         type(self).calls += 1
         ok = self.path == "/health" and type(self).calls > self.ready_after
         self.send_response(200 if ok else 503)
@@ -322,3 +333,42 @@ def test_read_cpu_parses_proc_cpuinfo(tmp_path: Path) -> None:
     cpu = read_cpu(info)
     assert cpu.model == "AMD EPYC 7B13" and "avx2" in cpu.flags and not cpu.native_bf16
     assert core_ranges((0, 1, 2, 5, 7, 8)) == "0-2,5,7-8" and core_ranges((3,)) == "3"
+
+
+def test_a_foreign_server_on_the_port_is_not_taken_for_ours(health_server, fake_python: str) -> None:
+    httpd, handler = health_server
+    handler.ready_after, handler.served = 0, "someone-elses-model"
+    server = VLLMServer(ServerConfig(python=fake_python, model="/m/x", port=httpd.server_address[1],
+                                     startup_timeout_s=10))
+    server.proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    with pytest.raises(ServerError, match=r"is not ours: it serves \['someone-elses-model'\], not 'x'"):
+        server.wait_ready()
+    assert not server.is_running()
+
+
+def test_busy_port_and_missing_model_folder_are_setup_errors(tmp_path: Path, fake_python: str) -> None:
+    import socket
+
+    from click.testing import CliRunner
+
+    from medcot.cli import main
+    from medcot.server import BadServerSetup
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = VLLMServer(ServerConfig(python=fake_python, model=str(tmp_path), port=port))
+        with pytest.raises(BadServerSetup, match=f"port {port} on 127.0.0.1 is already in use"):
+            server.start()
+        assert server.proc is None  # nothing was started
+        res = CliRunner().invoke(main, ["serve", "--set", f"server.model={tmp_path}", "--set", f"server.port={port}",
+                                        "--set", f"server.python={fake_python}"])
+        assert res.exit_code == 2 and "already in use" in res.output
+        res = CliRunner().invoke(main, ["review", "serve", "--port", str(port)],
+                                 env={"MEDCOT_REVIEW_SECRET": "x" * 40})
+        assert res.exit_code == 2 and "already in use" in res.output, res.output
+    missing = tmp_path / "no-model-here"
+    with pytest.raises(BadServerSetup, match=f"model folder {missing} does not exist"):
+        VLLMServer(ServerConfig(python=fake_python, model=str(missing), port=0)).start()
+    res = CliRunner().invoke(main, ["serve", "--set", f"server.model={missing}", "--set", f"server.python={fake_python}"])
+    assert res.exit_code == 2 and "does not exist" in res.output

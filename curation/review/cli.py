@@ -39,7 +39,11 @@ def register(main: click.Group) -> None:
             app = create_app(cfg)
         except ConfigError as exc:
             fail(str(exc))
+        from medcot.server import port_in_use
         bind = host or cfg.review.host
+        if port_in_use(bind, port if port is not None else cfg.review.port):
+            fail(f"port {port if port is not None else cfg.review.port} on {bind} is already in use: pass --port "
+                 "or set review.port")
         if bind not in ("127.0.0.1", "localhost", "::1"):
             click.echo(f"note: binding to {bind}: serve it behind HTTPS and set review.cookie_secure=true", err=True)
         click.echo(f"review app at http://{bind}:{port or cfg.review.port} (store {cfg.store.url})")
