@@ -246,6 +246,7 @@ def _write_card(root: Path, cfg: BuildConfig, split_rows: SplitRows, written: di
         standard_versions=tuple(sorted({r.standard_version for rows in snap.rubric.values() for r in rows
                                         if r.standard_version}))))
     (root / "README.md").write_text(card, encoding="utf-8")
+    (root / "LICENSE.md").write_text(licence_text(stats.sources, cfg.license), encoding="utf-8")
     _write_stats(root, stats, agree, near, pairs, written)
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
@@ -306,6 +307,17 @@ def _replace(tmp: Path, out: Path) -> None:
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old)
+
+
+def licence_text(sources: list[tuple[str, str, str, int]], release_licence: str) -> str:
+    """LICENSE.md of the release: the terms of every seed source its rows come from (each row keeps its own)."""
+    lines = ["# Licences", "", f"Release licence id: `{release_licence}`. The rows keep the licence of the seed source",
+             "they come from (column `licence`); expanded items inherit their seed's. Sources in this release:", ""]
+    lines += [f"- {src} ({lang}, {n} seed questions): {lic}" for src, lic, lang, n in sources]
+    lines += ["", "Check each source's terms, and any use restrictions its authors state (CMExam's authors ask for",
+              "academic/research use only), before redistributing or training on the data. The chains of thought",
+              "and annotations added by this pipeline follow the release licence above.", ""]
+    return "\n".join(lines)
 
 
 def file_hashes(root: str | Path) -> dict[str, str]:

@@ -53,9 +53,14 @@ def _size_category(n: int) -> str:
 
 
 def card_yaml(inp: CardInputs) -> str:
+    creators = ["expert-generated"] + (["machine-generated"] if inp.automated_in_validated else [])
     data = DatasetCardData(pretty_name=inp.pretty_name, license=inp.license, language=inp.languages,
-                           task_categories=["question-answering"], tags=["medical", "chain-of-thought",
-                                                                         "multiple-choice", "rubric"],
+                           annotations_creators=creators, language_creators=["found", "machine-generated"],
+                           source_datasets=["original"], task_categories=["question-answering", "multiple-choice"],
+                           task_ids=["multiple-choice-qa"],
+                           **({"license_name": "medcot-seed-licences", "license_link": "LICENSE.md"}
+                              if inp.license == "other" else {}), tags=["medical", "chain-of-thought", "multiple-choice",
+                                                                  "rubric"],
                            size_categories=[_size_category(inp.total_items)],
                            configs=configs_yaml(inp.written, inp.default))
     dataset_infos(inp.written, "medcot release").to_dataset_card_data(data)

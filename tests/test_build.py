@@ -159,6 +159,12 @@ def test_card_has_yaml_funnel_figures_and_honest_labels(store, tmp_path: Path) -
     card = (result.release_dir / "README.md").read_text(encoding="utf-8")
     assert card.startswith("---\n") and "dataset_info:" in card and "config_name: validated" in card
     assert "default: true" in card and 'load_dataset("org/medcot", "validated")' in card
+    for hub_field in ("annotations_creators:", "task_ids:", "multiple-choice-qa", "source_datasets:",
+                      "license_name: medcot-seed-licences", "license_link: LICENSE.md"):
+        assert hub_field in card.split("\n---\n", 1)[0], hub_field
+    assert "eprint        = {2505.06912}" in card and "Ding, Chao" in card and "howpublished = {org/medcot}" in card
+    licence = (result.release_dir / "LICENSE.md").read_text(encoding="utf-8")
+    assert "seed questions" in licence and "research use only" in licence
     for step in ("seed questions imported | 24", "QA pairs constructed (seeds + expanded) | 240",
                  "flagged: failed five-strike", "reviewed by the expert panel", "released as validated"):
         assert step in card
