@@ -51,7 +51,12 @@ def to_table(rows: list[ReleaseRow]) -> pa.Table:
     schema = FEATURES.arrow_schema
     columns = {}
     for name in FEATURES:
-        values = [LETTERS.index(r.answer) for r in rows] if name == "answer" else [getattr(r, name) for r in rows]
+        if name == "answer":
+            values = [LETTERS.index(r.answer) for r in rows]
+        elif name == "answer_letter":
+            values = [r.answer for r in rows]
+        else:
+            values = [getattr(r, name) for r in rows]
         columns[name] = pa.array(values, type=schema.field(name).type)
     return pa.Table.from_pydict(columns, schema=schema)
 

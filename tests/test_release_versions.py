@@ -107,3 +107,13 @@ def test_an_item_removed_by_consensus_leaves_validated_with_its_reason(tmp_path,
     diff = json.loads((out / CHANGES).read_text(encoding="utf-8"))["configs"]["validated"]
     assert diff["removed"] == [{"id": gone, "reason": "removed by consensus"}] and diff["added"] == []
     assert gone not in _index(out)["configs"]["validated"]
+
+
+def test_answer_letter_matches_cot_answer_where_the_cot_agrees(tmp_path, store):
+    import datasets
+    out = build_release(store, BuildConfig(), tmp_path / "release").release_dir
+    ds = datasets.load_dataset(str(out), "unvalidated", split="train", cache_dir=str(tmp_path / "hf"))
+    names = ds.features["answer"].names
+    assert all(names[r["answer"]] == r["answer_letter"] for r in ds)
+    agree = [r for r in ds if r["cot_answer"] == r["answer_letter"]]
+    assert agree  # comparable without code: letters on both sides
