@@ -8,6 +8,7 @@ in the previous release keeps its split even if the split rule's seed or fractio
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from dataset_builder.features import CONFIGS, SPLITS, ReleaseRow
-from medcot.revision import content_hash
 
 INDEX = "index.json"
 CHANGES = "changes.json"
@@ -73,7 +73,10 @@ def keep_splits(assignment: dict[str, str], previous: Previous | None) -> dict[s
 
 
 def row_hash(row: ReleaseRow) -> str:
-    return content_hash(row.question, row.options, row.answer, row.cot)
+    """A change detector for the released text (question, options, key, CoT): blake2b-128 of the exact fields."""
+    options = "\x1e".join(f"{k}\x1d{v}" for k, v in sorted(row.options.items()) if v is not None)
+    text = "\x1f".join((row.question, options, row.answer, row.cot))
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
 def release_index(split_rows: SplitRows, version: str) -> dict[str, Any]:
@@ -143,7 +146,7 @@ def write_version_files(root: Path, index: dict[str, Any], diff: dict[str, Any],
         for name in (INDEX, CHANGES, CHANGELOG):
             (root / name).write_bytes((previous.path / name).read_bytes())  # type: ignore[union-attr]
         return [INDEX, CHANGES, CHANGELOG]
-    (root / INDEX).write_text(json.dumps(index, ensure_ascii=False, sort_keys=True, indent=1) + "\n",
+    (root / INDEX).write_text(json.dumps(index, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n",
                               encoding="utf-8")
     (root / CHANGES).write_text(json.dumps(diff, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     (root / CHANGELOG).write_text(changelog(diff, previous), encoding="utf-8")

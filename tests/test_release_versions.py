@@ -117,3 +117,20 @@ def test_answer_letter_matches_cot_answer_where_the_cot_agrees(tmp_path, store):
     assert all(names[r["answer"]] == r["answer_letter"] for r in ds)
     agree = [r for r in ds if r["cot_answer"] == r["answer_letter"]]
     assert agree  # comparable without code: letters on both sides
+
+
+def test_row_hash_changes_with_any_released_field_only():
+    from dataclasses import replace
+
+    from dataset_builder.features import ReleaseRow, empty_five_strike
+    from dataset_builder.versions import row_hash
+    base = ReleaseRow(id="q", family_id="q", parent_id=None, origin="seed", language="en", question="Q?",
+                      options={"A": "a", "B": "b", "C": None}, answer="A", cot="because\nAnswer: A", cot_answer="A",
+                      specialty=None, subject=None, aspect=None, source="s", licence=None,
+                      five_strike=empty_five_strike(), reviews=[], rubric=[], consensus={}, validation="none",
+                      validation_note="", revision_status="unchanged", provenance={})
+    h = row_hash(base)
+    assert row_hash(replace(base, reviews=[{"x": 1}], validation="expert")) == h  # not released text
+    for change in ({"question": "Q!"}, {"answer": "B"}, {"cot": "because.\nAnswer: A"},
+                   {"options": {"A": "a", "B": "b2", "C": None}}, {"options": {"A": "a", "B": "b", "C": "c"}}):
+        assert row_hash(replace(base, **change)) != h, change
