@@ -69,7 +69,7 @@ def plot_accuracy(rows: list[tuple[str, float, float, float]], path: Path, title
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows) + 1.5), 3.6))
     xs = range(len(rows))
     vals = [r[1] for r in rows]
-    err = [[max(0.0, r[1] - r[2]) for r in rows], [max(0.0, r[3] - r[1]) for r in rows]]
+    err = [[r[1] - r[2] for r in rows], [r[3] - r[1] for r in rows]]
     ax.bar(xs, vals, yerr=err, capsize=5, color=[_color(r[0]) for r in rows])
     ax.set_xticks(list(xs), [r[0] for r in rows], rotation=30, ha="right")
     ax.set_ylim(0, 1)

@@ -102,15 +102,19 @@ def paired(two_rater: Callable[..., float | None], **kwargs: Any) -> Callable[[l
     return statistic
 
 
+def _sorted_labels(labels: set[Hashable]) -> list[Hashable]:
+    """Category order of every matrix here: sorted, or by repr when the labels do not sort."""
+    try:
+        return sorted(labels)  # type: ignore[type-var]
+    except TypeError:
+        return sorted(labels, key=repr)
+
+
 def count_matrix(ratings: Sequence[Sequence[Hashable]], categories: Iterable[Hashable] | None = None
                  ) -> tuple[np.ndarray, list[Hashable]]:
     """(counts, cats): counts[i, j] = how many ratings of item i are cats[j]; cats = observed labels plus
     `categories`, sorted (by repr when the labels do not sort)."""
-    labels = {x for r in ratings for x in r} | set(categories or ())
-    try:
-        cats = sorted(labels)  # type: ignore[type-var]
-    except TypeError:
-        cats = sorted(labels, key=repr)
+    cats = _sorted_labels({x for r in ratings for x in r} | set(categories or ()))
     col = {c: j for j, c in enumerate(cats)}
     counts = np.zeros((len(ratings), len(cats)))
     for i, r in enumerate(ratings):
@@ -339,11 +343,7 @@ def cohen_kappa_cis(named: Mapping[str, Sequence[Sequence[tuple[Hashable, Hashab
 
 def _pair_cells(units: Sequence[Sequence[tuple[Hashable, Hashable]]]) -> tuple[np.ndarray, int]:
     """(cells, K): cells[i, a * K + b] = how many of unit i's pairs are (category a, category b)."""
-    labels = {x for u in units for pair in u for x in pair}
-    try:
-        cats = sorted(labels)  # type: ignore[type-var]
-    except TypeError:
-        cats = sorted(labels, key=repr)
+    cats = _sorted_labels({x for u in units for pair in u for x in pair})
     k = len(cats)
     col = {c: j for j, c in enumerate(cats)}
     cells = np.zeros((len(units), k * k))
