@@ -118,10 +118,16 @@ def compare(manifest: str, eval_dir: str, out_dir: str, boot: BootstrapConfig | 
         jr = _load(edir, JUDGE_DIR, name, JudgeScore)
         if jr is not None:
             judged[name] = {j.key: j for j in jr}
+    unlabelled = sorted({p.set for rows in preds.values() for p in rows.values() if not p.labelled})
+    preds = {m: {k: p for k, p in rows.items() if p.labelled} for m, rows in preds.items()}
     sets = sorted({k[0] for r in runs for k in preds[r.name]})
+    if not sets:
+        raise CompareError(f"{eval_dir}: no predictions on a set with answers"
+                           + (f" (sets without answers, submission only: {unlabelled})" if unlabelled else ""))
     result = {"manifest": manifest, "eval_dir": eval_dir, "training": manifest_design(manifest),
               "runs": [{"arm": r.arm, "seed": r.seed, "data_seed": r.data_seed, "name": r.name} for r in runs],
               "references": refs,
+              "unlabelled_sets": unlabelled,  # sets without answers: no accuracy, left out of the comparison
               "inference": {"confidence": boot.confidence, "bootstrap_resamples": boot.resamples,
                             "bootstrap_seed": boot.seed, "reading": READING},
               "contamination": _contamination(edir),
@@ -315,6 +321,8 @@ def render_blocks(r: dict[str, Any]) -> list[Block]:
                     "per-run McNemar tests are a secondary, descriptive table. No-answer counts as wrong and "
                     "is shown on its own."),
          Block("p", _contamination_text(r["contamination"]))]
+    if r.get("unlabelled_sets"):
+        b.append(Block("p", "Left out (no answers, submission only): " + ", ".join(r["unlabelled_sets"]) + "."))
     if training.get("arms"):
         b += [Block("h2", "Training arms (from the manifest)"), Block("table", rows=_arm_table(training))]
     for s in r["sets"]:

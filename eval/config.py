@@ -35,13 +35,18 @@ class ModelSpec:
 @dataclass
 class ExternalSet:
     name: str = field(default="", metadata={"help": "set name in predictions and reports"})
-    path: str = field(default="", metadata={"help": "MCQ file in the seed JSONL (or CSV) schema"})
+    path: str = field(default="", metadata={"help": "MCQ file: the seed JSONL (or CSV) schema, or a MedBench-style "
+                                                      "JSONL (an `other` object per line, kept as it is)"})
     offset: int = field(default=0, metadata={"help": "skip the first N questions (e.g. ones a demo trained on)"})
     limit: int | None = None
+    language: str | None = field(default=None, metadata={
+        "help": "zh|en for lines without a `language` field (leaderboard files often have none)"})
 
     def __post_init__(self) -> None:
         if not self.name or not self.path:
             raise ConfigError("external[]: every set needs `name` and `path`")
+        if self.language not in (None, "zh", "en"):
+            raise ConfigError(f"external[{self.name}]: language must be zh, en or null, not {self.language!r}")
         if self.offset < 0 or (self.limit is not None and self.limit < 1):
             raise ConfigError(f"external[{self.name}]: offset must be >= 0 and limit >= 1")
 

@@ -1,16 +1,16 @@
 """Eval sets: the release's test split (a folder of Parquet + README `configs:`) and external MCQ sets
-in the seed JSONL/CSV schema. Both become EvalItem records."""
+in the seed JSONL/CSV schema or a leaderboard's (eval/external.py). Both become EvalItem records."""
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from eval.config import EvalConfig, ExternalSet, ReleaseSource
+from eval.config import EvalConfig, ReleaseSource
+from eval.external import load_external
 from eval.records import EvalItem
 from medcot.config import ConfigError
 from medcot.records import LETTERS
-from medcot.seeds import load_seeds
 
 
 class EvalDataError(ValueError):
@@ -88,13 +88,6 @@ def load_release(src: ReleaseSource) -> list[EvalItem]:
                               options=options, answer=answer, specialty=row.get("specialty"),
                               family_id=row.get("family_id")))
     return items
-
-
-def load_external(ext: ExternalSet) -> list[EvalItem]:
-    seeds = load_seeds(Path(ext.path), None)[ext.offset:]  # SeedError names file, line and field
-    seeds = seeds[:ext.limit] if ext.limit is not None else seeds
-    return [EvalItem(set=ext.name, id=s.id, language=s.language, question=s.question, options=dict(s.options),
-                     answer=s.answer, specialty=s.subject, family_id=s.id) for s in seeds]
 
 
 def load_eval_sets(cfg: EvalConfig) -> list[EvalItem]:

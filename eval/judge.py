@@ -77,10 +77,13 @@ async def judge_one(client: LLMClient, req: ChatRequest, *, set_name: str, item_
 
 async def judge_predictions(client: LLMClient, preds: list[Prediction], cfg: JudgeConfig,
                             request_model: str, identity: str = "") -> list[JudgeScore]:
-    """Judge each prediction's CoT (the response content), at most cfg.max_items per model."""
+    """Judge each prediction's CoT (the response content), at most cfg.max_items per model. Items without a
+    gold answer are not judged: the rubric's medical correctness is judged against the key."""
     per_model: dict[str, int] = defaultdict(int)
     todo = []
     for p in preds:
+        if p.gold is None:
+            continue
         if cfg.max_items is not None and per_model[p.model] >= cfg.max_items:
             continue
         per_model[p.model] += 1
@@ -88,7 +91,7 @@ async def judge_predictions(client: LLMClient, preds: list[Prediction], cfg: Jud
     out: list[JudgeScore | None] = [None] * len(todo)
 
     async def one(i: int, p: Prediction) -> None:
-        req = judge_request(question=p.question, options=p.options, answer=p.gold, cot=p.response,
+        req = judge_request(question=p.question, options=p.options, answer=p.gold or "", cot=p.response,
                             language=p.language, cfg=cfg, model=request_model, item_id=f"{p.model}/{p.set}/{p.id}",
                             identity=identity)
         out[i] = await judge_one(client, req, set_name=p.set, item_id=p.id, model=p.model, judge_name=cfg.model)

@@ -19,9 +19,11 @@ class EvalItem:
     language: str
     question: str
     options: dict[str, str]
-    answer: str
+    answer: str | None  # None: an external set that comes without answers (a submission only, no accuracy)
     specialty: str | None = None
     family_id: str | None = None
+    source: str | None = None  # the file the item came from (a leaderboard submission names its file after it)
+    upstream: dict[str, Any] | None = None  # an external file's line as it was (`other` included), for submissions
 
 
 @dataclass(slots=True)
@@ -35,13 +37,13 @@ class Prediction:
     specialty: str | None
     question: str
     options: dict[str, str]
-    gold: str
+    gold: str | None  # None: the set has no answers (no accuracy; a leaderboard submission only)
     response: str
     reasoning: str | None
     finish_reason: str | None
     prediction: str | None
     matched_by: str
-    correct: bool
+    correct: bool | None  # None when there is no gold answer
     prompt_version: str
     extractor_version: str
     call_id: int | None = None
@@ -49,10 +51,16 @@ class Prediction:
     # Release rows carry it; an external set without families uses the item id (each item its own family).
     # None only in prediction files written before the field existed (compare then uses the item id too).
     family_id: str | None = None
+    source: str | None = None  # EvalItem.source
+    upstream: dict[str, Any] | None = None  # EvalItem.upstream
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.set, self.id)
+
+    @property
+    def labelled(self) -> bool:
+        return self.gold is not None
 
 
 @dataclass(slots=True)

@@ -73,9 +73,10 @@ def to_prediction(item: EvalItem, model: str, result: ChatResult, prompt_tag: st
     return Prediction(set=item.set, id=item.id, model=model, language=item.language, specialty=item.specialty,
                       question=item.question, options=item.options, gold=item.answer, response=result.content,
                       reasoning=result.reasoning, finish_reason=result.finish_reason, prediction=found.letter,
-                      matched_by=found.matched_by, correct=found.letter == item.answer, prompt_version=prompt_tag,
-                      extractor_version=EXTRACTOR_VERSION, call_id=result.call_id,
-                      family_id=item.family_id or item.id)  # no family recorded: the item is its own family
+                      matched_by=found.matched_by, correct=None if item.answer is None else found.letter == item.answer,
+                      prompt_version=prompt_tag, extractor_version=EXTRACTOR_VERSION, call_id=result.call_id,
+                      # no family recorded: the item is its own family
+                      family_id=item.family_id or item.id, source=item.source, upstream=item.upstream)
 
 
 async def generate(client: LLMClient, group: ServerGroup, items: list[EvalItem], cfg: EvalConfig,

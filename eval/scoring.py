@@ -37,8 +37,14 @@ def _by(preds: list[Prediction], key: str, boot: BootstrapConfig) -> dict[str, d
 
 
 def set_metrics(preds: list[Prediction], boot: BootstrapConfig) -> dict[str, Any]:
-    """Metrics of one model on one eval set."""
-    return {**accuracy(preds, boot),
+    """Metrics of one model on one eval set; a set without answers gets no accuracy, only its no-answer rate."""
+    if not any(p.labelled for p in preds):
+        return {"labelled": False, "n": len(preds), "no_answer": sum(p.prediction is None for p in preds),
+                "no_answer_rate": sum(p.prediction is None for p in preds) / len(preds),
+                "matched_by": dict(sorted(Counter(p.matched_by for p in preds).items()))}
+    if not all(p.labelled for p in preds):
+        raise ValueError(f"set {preds[0].set!r} mixes predictions with and without a gold answer")
+    return {"labelled": True, **accuracy(preds, boot),
             "per_language": _by(preds, "language", boot),
             "per_specialty": _by(preds, "specialty", boot),
             "matched_by": dict(sorted(Counter(p.matched_by for p in preds).items()))}
@@ -58,11 +64,16 @@ def fmt_acc(m: dict[str, Any]) -> str:
 
 def metrics_markdown(results: dict[str, Any]) -> str:
     """The accuracy table of `eval run` results: one row per model and set."""
-    conf = int(round(100 * next(iter(_all_sets(results)), {}).get("confidence", 0.95)))
+    scored = [m for m in _all_sets(results) if m.get("labelled", True)]
+    conf = int(round(100 * (scored[0] if scored else {}).get("confidence", 0.95)))
     lines = [f"| model | set | n | accuracy [{conf}% CI] | no-answer rate | accuracy when answered |",
              "|---|---|---|---|---|---|"]
     for model, info in results["models"].items():
         for name, m in info["sets"].items():
+            if not m.get("labelled", True):
+                lines.append(f"| {model} | {name} | {m['n']} | no answers in the set: submission only | "
+                             f"{m['no_answer_rate']:.3f} | n/a |")
+                continue
             lines.append(f"| {model} | {name} | {m['n']} | {fmt_acc(m)} | {m['no_answer_rate']:.3f} | "
                          f"{_num(m['answered_accuracy'])} |")
     return "\n".join(lines)

@@ -83,25 +83,25 @@ def validate_record(raw: Any, path: str, line: int) -> tuple[Seed | None, list[S
     question, options, answer, language = (raw.get(k) for k in REQUIRED)
     if "question" in raw and (not isinstance(question, str) or not question.strip()):
         bad("question", "must be a non-empty string")
-    options = _check_options(options, bad) if "options" in raw else None
+    options = check_options(options, bad) if "options" in raw else None
     if "answer" in raw and options is not None:
         if not isinstance(answer, str) or answer.strip().upper() not in options:
             bad("answer", f"{answer!r} is not one of the options {sorted(options)}")
     if "language" in raw:
-        _check_language(language, question, bad)
+        check_language(language, question, bad)
     for key in ("id", "subject", "explanation", "source", "licence"):
         if raw.get(key) is not None and (not isinstance(raw[key], str) or not raw[key].strip()):
             bad(key, "must be null or a non-empty string")
     if issues:
         return None, issues
-    seed = Seed(id=(raw.get("id") or _derived_id(question)).strip(), question=question.strip(), options=options,
+    seed = Seed(id=(raw.get("id") or derived_id(question)).strip(), question=question.strip(), options=options,
                 answer=answer.strip().upper(), language=language, subject=raw.get("subject"),
                 explanation=raw.get("explanation"), source=raw.get("source") or "",
                 licence=raw.get("licence") or _known_licence(raw.get("id") or ""))
     return seed, []
 
 
-def _check_options(options: Any, bad: Any) -> dict[str, str] | None:
+def check_options(options: Any, bad: Any) -> dict[str, str] | None:
     if not isinstance(options, dict):
         bad("options", "must be an object of letter -> text")
         return None
@@ -124,7 +124,7 @@ def _check_options(options: Any, bad: Any) -> dict[str, str] | None:
     return texts
 
 
-def _check_language(language: Any, question: Any, bad: Any) -> None:
+def check_language(language: Any, question: Any, bad: Any) -> None:
     if language not in LANGUAGES:
         bad("language", f"must be one of {list(LANGUAGES)}, got {language!r}")
     elif isinstance(question, str) and question.strip():
@@ -135,7 +135,7 @@ def _check_language(language: Any, question: Any, bad: Any) -> None:
             bad("language", "is 'en' but the question is mostly Chinese")
 
 
-def _derived_id(question: str) -> str:
+def derived_id(question: str) -> str:
     return "seed-" + hashlib.sha256(normalize_text(question).encode()).hexdigest()[:12]
 
 

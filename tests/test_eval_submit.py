@@ -29,9 +29,10 @@ def test_medbench_zip_one_file_per_set_and_schema_valid(tmp_path: Path) -> None:
         lines = [json.loads(x) for x in zf.read("test.jsonl").decode().splitlines()]
     for line in lines:
         validate(line, schema)
-        assert set(line) == {"question", "options", "answer", "other"}
+        assert set(line) == {"question", "options", "answer", "other"} and set(line["other"]) == {"id", "medcot"}
     assert [x["answer"] for x in lines] == ["A", ""]          # no answer is "", never a guessed letter
-    assert lines[1]["other"]["no_answer"] is True and lines[1]["other"]["matched_by"] == "none:no_match"
+    ours = lines[1]["other"]["medcot"]
+    assert ours["no_answer"] is True and ours["matched_by"] == "none:no_match"
 
 
 def test_generic_jsonl_is_schema_valid(tmp_path: Path) -> None:
@@ -47,8 +48,9 @@ def test_generic_jsonl_is_schema_valid(tmp_path: Path) -> None:
     (lambda r: r.update(answer="AB"), "$.answer"),
     (lambda r: r["options"].update(F="x"), "property name 'F'"),
     (lambda r: r.pop("question"), "question"),
-    (lambda r: r["other"].update(extra=1), "extra"),
-    (lambda r: r["other"].update(no_answer="no"), "$.other.no_answer"),
+    (lambda r: r["other"]["medcot"].update(extra=1), "extra"),
+    (lambda r: r["other"]["medcot"].update(no_answer="no"), "$.other.medcot.no_answer"),
+    (lambda r: r["other"].pop("medcot"), "medcot"),
 ])
 def test_schema_rejects_bad_lines(mutate, where: str) -> None:
     line = medbench_line(prediction("m", "i1", True))
@@ -82,3 +84,15 @@ def test_submit_command(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["eval", "submit", "--predictions", str(src2), "--format", "jsonl",
                                     "--output", str(tmp_path / "x.jsonl")])
     assert res.exit_code == 2 and "one model" in res.output
+
+
+@pytest.mark.parametrize("fmt,name", [("medbench", "sub.jsonl"), ("medbench", "sub"), ("jsonl", "p.zip")])
+def test_output_name_is_what_was_asked_or_an_error(tmp_path: Path, fmt: str, name: str) -> None:
+    with pytest.raises(ValueError, match="name it"):
+        build_submission(_preds(), fmt, tmp_path / name)
+    assert not list(tmp_path.iterdir())
+    src = write_jsonl(tmp_path / "pred.jsonl", _preds())
+    res = CliRunner().invoke(main, ["eval", "submit", "--predictions", str(src), "--format", fmt,
+                                    "--output", str(tmp_path / name)])
+    assert res.exit_code == 2 and "name it" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.jsonl"]
