@@ -22,7 +22,7 @@ from typing import Any
 
 from dataset_builder import figures
 from dataset_builder.agreement_stats import compute_agreement
-from dataset_builder.card import CardInputs, render_card
+from dataset_builder.card import CardInputs, pick_example, render_card, scored_split
 from dataset_builder.features import CONFIGS, LETTERS, SPLITS, ReleaseRow
 from dataset_builder.integrity import ReleaseIntegrityError, check_release
 from dataset_builder.lmeval import write_task_folder
@@ -242,7 +242,8 @@ def _write_card(root: Path, cfg: BuildConfig, split_rows: SplitRows, written: di
         default="validated" if "validated" in written else None,
         automated_in_validated=any(r.validation == "automated" for r in validated),
         figures=figs, stats=stats, agreement=agree, near_dups=near, total_items=len(snap.items),
-        rated_items=len(snap.rubric), version=cfg.version,
+        rated_items=len(snap.rubric), version=cfg.version, example=pick_example(split_rows),
+        scored=scored_split(written),
         standard_versions=tuple(sorted({r.standard_version for rows in snap.rubric.values() for r in rows
                                         if r.standard_version}))))
     (root / "README.md").write_text(card, encoding="utf-8")

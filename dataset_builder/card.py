@@ -2,6 +2,7 @@
 features) and a body rendered from `card.md.j2`. No timestamps: identical inputs give identical bytes."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from huggingface_hub import DatasetCardData
 
 from curation.review.invariant import INVARIANT
 from dataset_builder.features import COLUMN_HELP, CONFIGS, SPLITS, VALIDATION_NOTES
+from dataset_builder.lmeval import EXTRACTOR_FILE
 from dataset_builder.splits import SPLIT_RULE
 from dataset_builder.writer import SplitFiles, configs_yaml, dataset_infos
 from medcot.neardup import RULE_SUMMARY as NEARDUP_RULE
@@ -43,6 +45,48 @@ class CardInputs:
     rated_items: int = 0                   # items with any rubric score (the rubric figure's population)
     version: str = ""                      # build.version (semver) or "" (unversioned)
     standard_versions: tuple[str, ...] = ()  # annotation standard versions of the scores
+    example: Example | None = None         # one released row, shown on the card
+    scored: tuple[str, str] | None = None  # (config, split) the accuracy snippet evaluates
+
+
+@dataclass(frozen=True)
+class Example:
+    config: str
+    split: str
+    text: str  # the row as JSON, long texts shortened
+
+
+EXAMPLE_FIELDS = ("id", "language", "question", "options", "answer", "answer_letter", "cot", "specialty",
+                  "validation", "rubric_median", "difficulty", "cognitive_level", "source", "licence")
+EXAMPLE_TEXT_LIMIT = 600  # characters of a long text (the CoT) shown; the row itself is whole in the data
+LETTER_INDEX = {letter: i for i, letter in enumerate("ABCDE")}
+
+
+def pick_example(split_rows: dict[str, dict[str, list[Any]]]) -> Example | None:
+    """The first row of the first non-empty (config, split), validated rows first; None if the release is empty."""
+    for config in CONFIGS:
+        for split in SPLITS:
+            rows = split_rows.get(config, {}).get(split) or []
+            if rows:
+                return Example(config, split, _example_json(rows[0]))
+    return None
+
+
+def _example_json(row: Any) -> str:
+    data = {"answer_letter": row.answer, **{f: getattr(row, f) for f in EXAMPLE_FIELDS if hasattr(row, f)}}
+    data["answer"] = LETTER_INDEX[row.answer]
+    for key, value in data.items():
+        if isinstance(value, str) and len(value) > EXAMPLE_TEXT_LIMIT:
+            data[key] = value[:EXAMPLE_TEXT_LIMIT] + f" … [{len(value) - EXAMPLE_TEXT_LIMIT} more characters]"
+    # json.dumps escapes newlines and quotes, so model text cannot close the Markdown code fence
+    return json.dumps({f: data[f] for f in EXAMPLE_FIELDS if f in data}, ensure_ascii=False, indent=2)
+
+
+def scored_split(written: dict[str, list[SplitFiles]]) -> tuple[str, str] | None:
+    """The split the card's accuracy snippet scores: the validated test split, else the first held-out one."""
+    present = {(c, f.name) for c, files in written.items() for f in files}
+    order = [(c, s) for c in CONFIGS for s in ("test", "validation", "train")]
+    return next((cs for cs in order if cs in present), None)
 
 
 def _size_category(n: int) -> str:
@@ -113,7 +157,7 @@ def render_card(inp: CardInputs) -> str:
         judgements_by_kind=st.judgements_by_kind, decisions=st.decisions, agreement=inp.agreement, fmt=_fmt,
         near_dup_rule=NEARDUP_RULE, split_rule=SPLIT_RULE, near_dups=inp.near_dups, sources=st.sources, columns=COLUMN_HELP,
         invariant=INVARIANT, ci=_ci, rated_items=inp.rated_items, standard_versions=list(inp.standard_versions),
-        version=inp.version)
+        version=inp.version, example=inp.example, scored=inp.scored, extractor_file=EXTRACTOR_FILE)
     return f"---\n{card_yaml(inp)}\n---\n\n{body}"
 
 

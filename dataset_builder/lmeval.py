@@ -12,9 +12,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import medcot.extract
 from dataset_builder.lmeval_utils import NO_ANSWER
 
 UTILS = Path(__file__).with_name("lmeval_utils.py")
+# medcot's answer extractor (standard library only), shipped so that a release's users score answers the way
+# `medcot eval` does: the card's accuracy snippet imports it
+EXTRACTOR = Path(medcot.extract.__file__)
+EXTRACTOR_FILE = "medcot_extract.py"
 TASK_VERSION = 1.0
 # The final-answer LINE of our prompts ("答案：B", "Answer: B", "Answer: **(B).**"): the letter must end the
 # line, so "Answer: A patient with ..." or "Answer: C. difficile" is no answer, never a letter.
@@ -78,8 +83,8 @@ README = """# lm-evaluation-harness tasks for this release
 - `medcot_mc`: multiple_choice log-likelihood over the option letters; `acc`.
 
 The regex reads the LAST final-answer line only: it cannot see a truncated response or an earlier,
-conflicting answer, which medcot's own extractor (`medcot/extract.py`, used by `medcot eval`) counts as
-no answer. A letter outside the item's options counts as no answer.
+conflicting answer, which medcot's own extractor (`medcot_extract.py` here, a copy of the one `medcot eval`
+uses) counts as no answer. A letter outside the item's options counts as no answer.
 
 Both evaluate the `validated` config's test split of the release folder that contains this directory
 (`utils.load_release`). Another config or folder: `--metadata '{"config": "unvalidated"}'` or
@@ -103,4 +108,5 @@ def write_task_folder(release_root: Path) -> Path:
     (folder / "medcot_mc.yaml").write_text(MC_YAML, encoding="utf-8")
     (folder / "README.md").write_text(README, encoding="utf-8")
     shutil.copyfile(UTILS, folder / "utils.py")
+    shutil.copyfile(EXTRACTOR, folder / EXTRACTOR_FILE)
     return folder

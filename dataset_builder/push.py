@@ -10,6 +10,7 @@ token. `--private` on an existing public repository is refused unless `--make-pr
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from dataset_builder.build import MARKER, PUSH_RECORD
 from dataset_builder.versions import INDEX
 
 MANAGED = ("data", "figures", "lm_eval")  # folders whose stale files a re-push deletes
+CARD_PLACEHOLDER = "PATH/TO/RELEASE"  # what the card's snippets name when the build had no build.repo_id
+_CARD_REPO = re.compile(r"^  howpublished = \{(.*)\},?$", re.M)  # the release citation names the repo
 REPO_ID_PART = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -34,6 +37,7 @@ class PushPlan:
     deletions: list[str] = field(default_factory=list)  # files of the last push to this repo the release dropped
     version: str = ""
     make_private: bool = False
+    card_rewrite: bool = False  # the card's snippets name CARD_PLACEHOLDER: push writes the repo id in
 
     @property
     def tag(self) -> str | None:
@@ -41,7 +45,9 @@ class PushPlan:
 
     def operations(self) -> list[str]:
         total = sum(n for _, n in self.files)
-        ops = [f"create_repo(repo_id={self.repo_id!r}, repo_type='dataset', private={self.private}, exist_ok=True)"]
+        ops = [f"README.md: the card's snippets name {CARD_PLACEHOLDER!r}; written as {self.repo_id!r} before "
+               "the upload"] if self.card_rewrite else []
+        ops += [f"create_repo(repo_id={self.repo_id!r}, repo_type='dataset', private={self.private}, exist_ok=True)"]
         if self.make_private:
             ops.append(f"update_repo_settings(repo_id={self.repo_id!r}, private=True) if it is public")
         ops.append(f"upload_folder(repo_id={self.repo_id!r}, repo_type='dataset', folder_path={str(self.folder)!r}, "
@@ -87,7 +93,25 @@ def plan_push(folder: str | Path, repo_id: str, private: bool = False, make_priv
     if (root / INDEX).is_file():
         version = json.loads((root / INDEX).read_text(encoding="utf-8")).get("version", "")
     return PushPlan(repo_id=repo_id, private=private or make_private, folder=root.resolve(), files=files,
-                    deletions=deletions, version=version, make_private=make_private)
+                    deletions=deletions, version=version, make_private=make_private,
+                    card_rewrite=_card_needs_repo(root / "README.md", repo_id))
+
+
+def _card_needs_repo(card: Path, repo_id: str) -> bool:
+    """True when the card names the placeholder; an error when it names another repository."""
+    found = _CARD_REPO.search(card.read_text(encoding="utf-8"))
+    named = found.group(1) if found else None
+    if named in (None, repo_id):
+        return False
+    if named == CARD_PLACEHOLDER:
+        return True
+    raise PushError(f"{card}: the card's snippets name the repository {named!r}, not {repo_id!r}: rebuild with "
+                    f"`build.repo_id={repo_id}` or push to {named}")
+
+
+def write_repo_into_card(plan: PushPlan) -> None:
+    card = plan.folder / "README.md"
+    card.write_text(card.read_text(encoding="utf-8").replace(CARD_PLACEHOLDER, plan.repo_id), encoding="utf-8")
 
 
 def push(plan: PushPlan, commit_message: str = "medcot release") -> str:
@@ -98,6 +122,8 @@ def push(plan: PushPlan, commit_message: str = "medcot release") -> str:
         raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (use --dry-run to see the "
                         "operations without one)")
     api = HfApi(token=token)
+    if plan.card_rewrite:
+        write_repo_into_card(plan)
     api.create_repo(repo_id=plan.repo_id, repo_type="dataset", private=plan.private, exist_ok=True)
     _check_visibility(api, plan)
     info = api.upload_folder(repo_id=plan.repo_id, repo_type="dataset", folder_path=str(plan.folder),

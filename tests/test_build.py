@@ -175,9 +175,34 @@ def test_card_has_yaml_funnel_figures_and_honest_labels(store, tmp_path: Path) -
     assert "Krippendorff's alpha" in card and "Fleiss' kappa" in card
     assert "kyre-99/CMExam-Dataset@303a45e | Apache-2.0" in card and "| MIT |" in card
     assert "NOT expert-validated." not in card.split("## Configs")[0]  # no automated banner: all expert
-    assert "## Intended use" in card and "## Limitations" in card and "## Citation" in card
+    assert "## Intended use" in card and "## Bias, risks and limitations" in card and "## Citation" in card
     stats = json.loads((result.release_dir / "release_stats.json").read_text(encoding="utf-8"))
     assert stats["near_duplicates"]["counts"]["validated"] == {"validation": 0, "test": 0}
+
+
+def test_card_example_is_a_released_row_and_its_accuracy_snippet_runs(store, tmp_path: Path) -> None:
+    """The card's example instance is a real row, and its Python snippet, run as printed against the local
+    release, scores with the shipped extractor exactly as medcot's own extractor does."""
+    from medcot.extract import extract_answer
+    rel = build_release(store, BuildConfig(), tmp_path / "rel").release_dir
+    card = (rel / "README.md").read_text(encoding="utf-8")
+    assert (rel / "lm_eval" / "medcot_extract.py").read_bytes() == Path(extract_answer.__code__.co_filename).read_bytes()
+    example = json.loads(card.split("```json\n", 1)[1].split("\n```", 1)[0])
+    row = next(r for r in load(rel, "validated", tmp_path)["train"] if r["id"] == example["id"])
+    assert example["answer"] == row["answer"] and example["answer_letter"] == row["answer_letter"]
+    assert example["question"] == row["question"] and row["cot"].startswith(example["cot"].split(" … [")[0])
+    code = card.split("```python\nimport os\n", 1)[1].split("\n```", 1)[0]
+    code = "import os\n" + code.replace('RELEASE = "PATH/TO/RELEASE"', f"RELEASE = {str(rel)!r}")
+    scope: dict = {}
+    exec(compile(code, "card-snippet", "exec"), scope)  # noqa: S102 - the card's own snippet, as a user runs it
+    rows = scope["rows"]
+    responses = [r["cot"] for r in rows][:-1] + ["no final answer here"]
+    got = scope["accuracy"](responses)
+    letters = [extract_answer(t, {k: v for k, v in r["options"].items() if v}).letter for t, r in zip(responses, rows)]
+    assert got["accuracy"] == sum(a == r["answer_letter"] for a, r in zip(letters, rows)) / len(rows)
+    assert got["no_answer_rate"] == letters.count(None) / len(rows) > 0
+    with pytest.raises(ValueError):  # one response per row, or an error: never a silently shorter score
+        scope["accuracy"](responses[:-1])
 
 
 def test_partial_store_says_what_is_absent(tmp_path: Path) -> None:
@@ -261,6 +286,23 @@ def test_dry_run_lists_the_deletions_of_a_re_push_with_fewer_shards(store, tmp_p
     assert "upload .medcot-push.json" not in res.output  # the record itself is never uploaded
     other = plan_push(out, "org/another")  # deletions are per repository
     assert other.deletions == []
+
+
+def test_push_writes_the_repo_id_into_the_card_snippets(store, tmp_path: Path) -> None:
+    from dataset_builder.push import CARD_PLACEHOLDER, PushError, plan_push, write_repo_into_card
+    out = tmp_path / "rel"
+    build_release(store, BuildConfig(), out)  # no build.repo_id: the card names the placeholder
+    assert f'load_dataset("{CARD_PLACEHOLDER}"' in (out / "README.md").read_text(encoding="utf-8")
+    res = CliRunner().invoke(main, ["push", str(out), "--repo-id", "org/medcot", "--dry-run"])
+    assert res.exit_code == 0 and "written as 'org/medcot'" in res.output
+    plan = plan_push(out, "org/medcot")
+    assert plan.card_rewrite
+    write_repo_into_card(plan)  # what `push` does before the upload
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert CARD_PLACEHOLDER not in card and 'load_dataset("org/medcot", "validated")' in card
+    assert 'RELEASE = "org/medcot"' in card and not plan_push(out, "org/medcot").card_rewrite
+    with pytest.raises(PushError, match="rebuild with `build.repo_id=org/other`"):
+        plan_push(out, "org/other")  # the card names org/medcot now: never pushed elsewhere in silence
 
 
 def test_private_never_goes_out_public_in_silence() -> None:

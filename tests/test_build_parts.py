@@ -108,7 +108,8 @@ def test_lm_eval_task_files_and_the_final_answer_filter(tmp_path: Path) -> None:
     from lm_eval.filters.extraction import RegexFilter
     from lm_eval.filters.selection import TakeFirstFilter
     folder = write_task_folder(tmp_path)
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "medcot_cot.yaml", "medcot_mc.yaml", "utils.py"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "medcot_cot.yaml", "medcot_extract.py", "medcot_mc.yaml",
+                                                        "utils.py"]
 
     class Loader(yaml.SafeLoader):
         pass
