@@ -89,16 +89,18 @@ def contamination_cmd(eval_file: str | None, release_split: str | None, store_ur
 
 @eval_group.command("extract")
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="JSONL: id, response, options (and optional finish_reason) per line.")
+              help="JSONL: id, response, options (and optional finish_reason) per line; other fields pass through.")
 @click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="JSONL: id, answer (letter or null), matched_by per line.")
-def extract_cmd(input_path: Path, output_path: Path) -> None:
+              help="JSONL: each input line plus answer (letter or null) and matched_by.")
+@click.option("--answer-field", default="answer", show_default=True,
+              help="Output field of the extracted letter (when the input already has an `answer`, e.g. the gold).")
+def extract_cmd(input_path: Path, output_path: Path, answer_field: str) -> None:
     """The project's answer extractor on a file. A bad line: exit 2, nothing written."""
     from eval.extract_cmd import ExtractInputError, extract_file
     if not input_path.is_file():
         fail(f"{input_path}: no such file")
     try:
-        counts = extract_file(input_path, output_path)
+        counts = extract_file(input_path, output_path, answer_field)
     except (ExtractInputError, UnicodeDecodeError) as exc:
         fail(f"input rejected, nothing was written:\n{exc}")
     click.echo(json.dumps(counts))

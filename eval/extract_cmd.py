@@ -1,8 +1,10 @@
 """`medcot eval extract --input IN.jsonl --output OUT.jsonl`: the project's one answer extractor as a command.
 
 Each input line: {"id": ..., "response": str|null, "options": {"A": text, ...} or ["A", "B", ...]} and
-optionally "finish_reason". Each output line: {"id", "answer": letter or null, "matched_by"}. Every line is
-checked before anything is written: one bad line and the command fails naming it, with no output file.
+optionally "finish_reason"; any other fields (gold answers, metadata ...) are passed through unchanged. Each
+output line: the input line plus the extracted letter (or null) under `answer` (`--answer-field` renames it)
+and `matched_by`. An input field of those names is an error, never overwritten. Every line is checked before
+anything is written: one bad line and the command fails naming it, with no output file.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from medcot.extract import EXTRACTOR_VERSION, extract_answer
 from medcot.records import LETTERS
 
 _FIELDS = {"id", "response", "options", "finish_reason"}
+MATCHED_BY = "matched_by"
 
 
 @dataclass(slots=True)
@@ -25,16 +28,18 @@ class ExtractInput:
     response: str | None
     options: dict[str, str] | list[str]
     finish_reason: str | None = None
+    raw: dict[str, Any] | None = None  # the whole input line (its extra fields go to the output)
 
 
 class ExtractInputError(ValueError):
     """Bad input lines: every problem with its line number."""
 
 
-def _check(raw: Any, n: int) -> tuple[ExtractInput | None, list[str]]:
+def _check(raw: Any, n: int, answer_field: str = "answer") -> tuple[ExtractInput | None, list[str]]:
     if not isinstance(raw, dict):
         return None, [f"line {n}: must be a JSON object"]
-    problems = [f"line {n}: unknown field {k!r} (allowed: {', '.join(sorted(_FIELDS))})" for k in sorted(set(raw) - _FIELDS)]
+    problems = [f"line {n}: input field {k!r} is where the output puts the extraction; rename it or pass "
+                f"--answer-field OTHER_NAME" for k in (answer_field, MATCHED_BY) if k in raw]
     if not isinstance(raw.get("id"), (str, int)) or isinstance(raw.get("id"), bool) or raw.get("id") == "":
         problems.append(f"line {n}: 'id' must be a non-empty string or an integer")
     if "response" not in raw or not isinstance(raw["response"], (str, type(None))):
@@ -49,10 +54,10 @@ def _check(raw: Any, n: int) -> tuple[ExtractInput | None, list[str]]:
         problems.append(f"line {n}: 'finish_reason' must be a string or null")
     if problems:
         return None, problems
-    return ExtractInput(raw["id"], raw["response"], options, raw.get("finish_reason")), []
+    return ExtractInput(raw["id"], raw["response"], options, raw.get("finish_reason"), raw), []
 
 
-def read_inputs(path: Path) -> list[ExtractInput]:
+def read_inputs(path: Path, answer_field: str = "answer") -> list[ExtractInput]:
     rows, problems = [], []
     for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
@@ -62,7 +67,7 @@ def read_inputs(path: Path) -> list[ExtractInput]:
         except json.JSONDecodeError as exc:
             problems.append(f"line {n}: invalid JSON: {exc.msg} at column {exc.colno}")
             continue
-        row, bad = _check(raw, n)
+        row, bad = _check(raw, n, answer_field)
         problems += bad
         if row is not None:
             rows.append(row)
@@ -74,15 +79,17 @@ def read_inputs(path: Path) -> list[ExtractInput]:
     return rows
 
 
-def extract_file(src: Path, dst: Path) -> dict[str, Any]:
+def extract_file(src: Path, dst: Path, answer_field: str = "answer") -> dict[str, Any]:
     """Extract every line of src into dst; returns counts (lines, answered, no_answer, matched_by)."""
-    rows = read_inputs(src)
+    if not answer_field or answer_field in _FIELDS | {MATCHED_BY}:
+        raise ExtractInputError(f"--answer-field {answer_field!r}: must be a new field name")
+    rows = read_inputs(src, answer_field)
     out, counts = [], {}
     for r in rows:
         found = extract_answer(r.response, r.options, finish_reason=r.finish_reason)
-        out.append({"id": r.id, "answer": found.letter, "matched_by": found.matched_by})
+        out.append({**(r.raw or {"id": r.id}), answer_field: found.letter, MATCHED_BY: found.matched_by})
         counts[found.matched_by] = counts.get(found.matched_by, 0) + 1
     write_jsonl(dst, out)
-    answered = sum(1 for o in out if o["answer"] is not None)
+    answered = sum(1 for o in out if o[answer_field] is not None)
     return {"lines": len(out), "answered": answered, "no_answer": len(out) - answered,
             "extractor_version": EXTRACTOR_VERSION, "matched_by": dict(sorted(counts.items()))}

@@ -15,15 +15,21 @@ Order of evidence (first that decides wins):
 3. Per-option verdicts ("A. 错误 B. 正确", "Option B is correct"): exactly one option judged correct.
 4. The last line names exactly one option's text (alone, or after "therefore"/"故"/...).
 5. The whole response is a bare letter ("B", "(B)", "B. Nasal cannula").
+
+Structured answers: a response that IS a JSON object (bare or in a ```json fence), e.g. {"answer": "C"}, is
+decided by its answer field (answer, final_answer, answer_letter, choice, correct_option, 答案, ...; a letter,
+"(C)", "C. text" or one option's text); a JSON object with no usable answer field is no answer. JSON objects
+inside a longer text are read last, only when nothing else decides, and must all name the same letter.
 """
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-EXTRACTOR_VERSION = "extract@1"
+EXTRACTOR_VERSION = "extract@2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +333,74 @@ def _bare(text: str, texts: Mapping[str, str]) -> Extraction | None:
     return Extraction(letter, "bare_letter", m.group(0))
 
 
+_ANSWER_KEYS = ("answer", "final_answer", "finalanswer", "answer_letter", "correct_answer", "correct_option",
+                "selected_option", "choice", "option", "prediction", "答案", "最终答案", "正确答案", "选项")
+_FENCE = re.compile(r"^\s*```[A-Za-z]*\s*\n?(.*?)\n?\s*```\s*$", re.S)
+_JSON_DECODER = json.JSONDecoder()
+_LOWER_LETTER = re.compile(r"^([(\[]?)([a-j])(?=[)\]]?(?:[.:)。]|$))")  # "(b)" in a JSON answer field is a letter
+
+
+def _answer_field(obj: dict) -> object:
+    keys = {str(k).strip().casefold().replace(" ", "_").replace("-", "_"): v for k, v in obj.items()}
+    return next((keys[k] for k in _ANSWER_KEYS if k in keys), None)
+
+
+def _structured_letter(obj: object, texts: Mapping[str, str]) -> Extraction | None:
+    """The letter a JSON object's answer field names; None when it has no usable one."""
+    if not isinstance(obj, dict):
+        return None
+    value = _answer_field(obj)
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, str) or not value.strip():
+        return None
+    value = _LOWER_LETTER.sub(lambda m: m.group(1) + m.group(2).upper(), _normalize(value).strip())
+    m = _BARE.match(value)
+    if m:
+        letter, tail = m.group("L"), _norm_text(m.group("t") or "")
+        if letter not in texts:
+            return Extraction(None, "none:out_of_range", value)
+        if not tail or tail == texts.get(letter) or not texts.get(letter):
+            return Extraction(letter, "structured_json", value)
+        return None
+    named = [k for k, t in texts.items() if t and _norm_text(value) == t]
+    return Extraction(named[0], "structured_json", value) if len(named) == 1 else None
+
+
+def _whole_json(raw: str) -> object | None:
+    """The JSON value a response consists of (bare, or alone in a code fence), else None."""
+    body = raw.strip()
+    fenced = _FENCE.match(body)
+    body = fenced.group(1).strip() if fenced else body
+    if not body.startswith("{"):
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _embedded_json(raw: str, texts: Mapping[str, str]) -> Extraction | None:
+    """JSON objects inside a text: every one with an answer field must name the same letter."""
+    found: list[Extraction] = []
+    pos = raw.find("{")
+    for _ in range(50):
+        if pos < 0:
+            break
+        try:
+            obj, end = _JSON_DECODER.raw_decode(raw, pos)
+        except ValueError:
+            pos = raw.find("{", pos + 1)
+            continue
+        if (hit := _structured_letter(obj, texts)) is not None and hit.letter is not None:
+            found.append(hit)
+        pos = raw.find("{", end)
+    letters = {f.letter for f in found}
+    if len(letters) > 1:
+        return Extraction(None, "none:conflict", " / ".join(str(f.span) for f in found))
+    return found[-1] if found else None
+
+
 # --- public API -----------------------------------------------------------------------------------
 def split_think(text: str) -> tuple[str | None, str, bool]:
     """(think text or None, text outside think, think closed?). A lone ``</think>`` closes a think
@@ -357,6 +431,9 @@ def extract_answer(response: str | None, options: Mapping[str, str] | Sequence[s
     text, texts = _normalize(outside), _option_map(options)
     if not text.strip():
         return Extraction(None, "none:empty")
+    whole = _whole_json(outside)
+    if whole is not None:
+        return _structured_letter(whole, texts) or Extraction(None, "none:no_answer_field", outside.strip()[:80])
     hedges = [(m.end(), m.group(0)) for m in _HEDGES.finditer(text)]
     decided = _resolve(_explicit(text, texts), hedges, texts)
     if decided is not None:
@@ -369,7 +446,7 @@ def extract_answer(response: str | None, options: Mapping[str, str] | Sequence[s
     for step in (_verdicts, _final_option_text, _bare):
         if (found := step(text, texts)) is not None:
             return found
-    return Extraction(None, "none:no_match")
+    return _embedded_json(outside, texts) or Extraction(None, "none:no_match")
 
 
 def parse_option_explanations(text: str, options: Mapping[str, str]) -> dict[str, str]:

@@ -38,7 +38,7 @@ def test_extract_on_the_labelled_fixtures(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     out = [json.loads(line) for line in dst.read_text(encoding="utf-8").splitlines()]
     assert [o["id"] for o in out] == [f["id"] for f in fixtures]
-    assert all(set(o) == {"id", "answer", "matched_by"} for o in out)
+    assert all(set(o) == {"id", "response", "options", "finish_reason", "answer", "matched_by"} for o in out)
     right = sum(o["answer"] == f["expected"] for o, f in zip(out, fixtures))
     assert right / len(fixtures) >= 0.99
     assert not [f["id"] for o, f in zip(out, fixtures) if f["expected"] is None and o["answer"] is not None]
@@ -70,7 +70,7 @@ def test_bad_lines_exit_2_with_line_numbers_and_write_nothing(tmp_path: Path) ->
         "",
         {"id": "bad-letter", "response": "x", "options": {"A": "a", "Z": "z"}},
         {"response": "Answer: A", "options": ["A"]},
-        {"id": "ok", "response": "Answer: A", "options": ["A", "B"], "extra": 1},
+        {"id": "ok2", "response": "Answer: A", "options": ["A", "B"], "answer": "A"},
     ])
     dst = tmp_path / "out.jsonl"
     res = CliRunner().invoke(main, ["eval", "extract", "--input", str(src), "--output", str(dst)])
@@ -79,8 +79,28 @@ def test_bad_lines_exit_2_with_line_numbers_and_write_nothing(tmp_path: Path) ->
         assert f"line {n}:" in res.output
     assert "line 1:" not in res.output and "line 4:" not in res.output
     assert "invalid JSON" in res.output and "'options'" in res.output and "'id'" in res.output
-    assert "unknown field 'extra'" in res.output
+    assert "input field 'answer' is where the output puts the extraction" in res.output
     assert not dst.exists() and not list(tmp_path.glob("out.jsonl*"))
+
+
+def test_extra_fields_pass_through_and_structured_answers(tmp_path: Path) -> None:
+    meta = {"gold": "C", "model": "m1", "meta": {"specialty": "cardio", "tags": [1, 2]}}
+    src = _write(tmp_path / "in.jsonl", [
+        {"id": "j1", "response": '{"answer": "C"}', "options": ["A", "B", "C", "D"], **meta},
+        {"id": "j2", "response": '```json\n{"reasoning": "...", "final_answer": "B"}\n```', "options": ["A", "B"]},
+        {"id": "j3", "response": '{"reasoning": "no answer field"}', "options": ["A", "B"], "answer": "A"},
+    ])
+    dst = tmp_path / "out.jsonl"
+    res = CliRunner().invoke(main, ["eval", "extract", "--input", str(src), "--output", str(dst),
+                                    "--answer-field", "extracted"])
+    assert res.exit_code == 0, res.output
+    out = [json.loads(line) for line in dst.read_text(encoding="utf-8").splitlines()]
+    assert {k: out[0][k] for k in meta} == meta and out[0]["options"] == ["A", "B", "C", "D"]
+    assert [o["extracted"] for o in out] == ["C", "B", None] and out[2]["answer"] == "A"  # the input's own kept
+    assert [o["matched_by"] for o in out] == ["structured_json", "structured_json", "none:no_answer_field"]
+    res = CliRunner().invoke(main, ["eval", "extract", "--input", str(src), "--output", str(dst),
+                                    "--answer-field", "response"])
+    assert res.exit_code == 2 and "must be a new field name" in res.output
 
 
 def test_duplicate_ids_and_missing_file(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def test_none_always_has_a_none_reason() -> None:
 
 
 def test_version_and_result_type() -> None:
-    assert EXTRACTOR_VERSION == "extract@1"
+    assert EXTRACTOR_VERSION == "extract@2"
     got = ex("Answer: B")
     assert got == Extraction("B", "final_line", "Answer: B") and got.ok
     with pytest.raises(AttributeError):
