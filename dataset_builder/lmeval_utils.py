@@ -1,16 +1,22 @@
 """lm-evaluation-harness helpers for the medcot release. Copied into every release as `lm_eval/utils.py`
 (it imports nothing from medcot): the task YAMLs reference these functions with `!function utils.NAME`.
+Answers are read by medcot's own extractor, `medcot_extract.py`, shipped beside this file (a byte copy of
+`medcot/extract.py`), so lm-eval and `medcot eval` give the same letter for the same response.
 
 The release is loaded from the folder this file sits in (its parent), or from `release_dir` / `config`
 passed with `lm_eval --metadata '{"release_dir": "...", "config": "unvalidated"}'`.
 """
 from __future__ import annotations
 
+import importlib.util
+import sys
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 LETTERS = ("A", "B", "C", "D", "E")
-NO_ANSWER = "[no answer]"  # the regex filter's fallback: a response without a final-answer line
+NO_ANSWER = "[no answer]"  # what the filter gives for a response without a committed final answer
+EXTRACTOR_FILE = "medcot_extract.py"
 
 _COT_INSTRUCTION = {
     "zh": "请回答下面这道医学单项选择题。先逐步分析，对每一个选项说明它正确或错误的理由，"
@@ -28,6 +34,32 @@ def load_release(config: str = "validated", release_dir: str | None = None, **_:
     import datasets
     root = Path(release_dir) if release_dir else Path(__file__).resolve().parent.parent
     return datasets.load_dataset(str(root), config)
+
+
+@cache
+def _extractor() -> Any:
+    """The shipped extractor module beside this file (in the source tree, before any release is written, the
+    file it is copied from)."""
+    here = Path(__file__).resolve().with_name(EXTRACTOR_FILE)
+    path = here if here.is_file() else Path(__file__).resolve().parent.parent / "medcot" / "extract.py"
+    spec = importlib.util.spec_from_file_location("medcot_release_extract", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the answer extractor {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def extract_letter(response: str, doc: dict[str, Any]) -> str:
+    """The committed answer letter of one response to ``doc``, or NO_ANSWER."""
+    options = {k: doc["options"][k] for k in present_letters(doc)}
+    return _extractor().extract_answer(response, options).letter or NO_ANSWER
+
+
+def extract_filter(resps: Any, docs: Any) -> list[list[str]]:
+    """lm-eval `custom` filter: every response of every doc through medcot's extractor."""
+    return [[extract_letter(r, doc) for r in doc_resps] for doc_resps, doc in zip(resps, docs, strict=True)]
 
 
 def present_letters(doc: dict[str, Any]) -> list[str]:

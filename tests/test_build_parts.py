@@ -104,12 +104,18 @@ def test_original_texts_come_from_the_first_revision() -> None:
     assert (q, o, a) == ("old q", {"A": "x", "B": "y"}, "A")
 
 
-def test_lm_eval_task_files_and_the_final_answer_filter(tmp_path: Path) -> None:
-    from lm_eval.filters.extraction import RegexFilter
+def test_lm_eval_task_files_and_the_extractor_filter(tmp_path: Path) -> None:
+    """The shipped task reads answers with the shipped copy of medcot's extractor, through lm-eval's own
+    `custom` filter: the letters are exactly medcot.extract's."""
+    import importlib.util
+
+    from lm_eval.filters.custom import CustomFilter
     from lm_eval.filters.selection import TakeFirstFilter
+
+    from medcot.extract import extract_answer
     folder = write_task_folder(tmp_path)
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "medcot_cot.yaml", "medcot_extract.py", "medcot_mc.yaml",
-                                                        "utils.py"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "medcot_cot.yaml", "medcot_extract.py",
+                                                        "medcot_mc.yaml", "utils.py"]
 
     class Loader(yaml.SafeLoader):
         pass
@@ -117,13 +123,20 @@ def test_lm_eval_task_files_and_the_final_answer_filter(tmp_path: Path) -> None:
     cot = yaml.load((folder / "medcot_cot.yaml").read_text(encoding="utf-8"), Loader=Loader)
     assert cot["output_type"] == "generate_until" and cot["generation_kwargs"]["until"] == []
     steps = cot["filter_list"][0]["filter"]
-    rx = RegexFilter(**{k: v for k, v in steps[0].items() if k != "function"})
+    assert steps[0] == {"function": "custom", "filter_fn": "<fn utils.extract_filter>"}
     assert steps[1]["function"] == "take_first"
+    spec = importlib.util.spec_from_file_location("shipped_utils", folder / "utils.py")  # the release's copy
+    shipped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shipped)
     responses = [["分析……\nA. 错误\nB. 正确\n答案：B"], ["Reasoning... Answer: A\nOn reflection.\nAnswer: C"],
                  ["Answer: **D**"], ["I think it is B or C."], ["Answer: A patient with fever"],
-                 ["Answer: C. difficile is the cause"], ["答案：（E）。\n"], ["answer: b"]]
-    got = list(TakeFirstFilter().apply(rx.apply(responses, [{}] * 8), [{}] * 8))
-    assert got == ["B", "C", "D", U.NO_ANSWER, U.NO_ANSWER, U.NO_ANSWER, "E", U.NO_ANSWER]
+                 ["Answer: C. difficile is the cause"], ["答案：（E）。\n"], ['{"answer": "C"}'],
+                 ["<think>long thought, never closed"]]
+    docs = [{"options": {"A": "a", "B": "b", "C": "c", "D": "d", "E": "e"}}] * len(responses)
+    got = list(TakeFirstFilter().apply(CustomFilter(filter_fn=shipped.extract_filter).apply(responses, docs), docs))
+    want = [extract_answer(r[0], docs[0]["options"]).letter or U.NO_ANSWER for r in responses]
+    assert got == want and got[7] == "C" and got[3] == U.NO_ANSWER and got[8] == U.NO_ANSWER
+    assert shipped._extractor().__file__ == str(folder / "medcot_extract.py")
     mc = yaml.load((folder / "medcot_mc.yaml").read_text(encoding="utf-8"), Loader=Loader)
     assert mc["output_type"] == "multiple_choice"
 

@@ -1,6 +1,6 @@
 """The release's lm-evaluation-harness tasks, run by the real `lm_eval` CLI against the real vLLM CPU server:
-generate-until CoT through local-chat-completions (regex final-answer filter), and the multiple-choice
-log-likelihood variant through local-completions."""
+generate-until CoT through local-chat-completions (medcot's extractor as the filter, agreeing item by item
+with `medcot eval extract`), and the multiple-choice log-likelihood variant through local-completions."""
 from __future__ import annotations
 
 import json
@@ -55,7 +55,7 @@ def test_cot_task_generates_and_extracts_final_answer_lines(tmp_path: Path, rele
     run = run_lm_eval(tmp_path, release, "medcot_cot", "local-chat-completions", args, "--apply_chat_template",
                       "--gen_kwargs", "max_gen_toks=64")
     res = run["results"]["results"]["medcot_cot"]
-    assert 0.0 <= res["exact_match,final-answer-line"] <= 1.0 and 0.0 <= res["no_answer,final-answer-line"] <= 1.0
+    assert 0.0 <= res["exact_match,medcot-extractor"] <= 1.0 and 0.0 <= res["no_answer,medcot-extractor"] <= 1.0
     assert run["results"]["n-samples"]["medcot_cot"]["effective"] == LIMIT
     assert len(run["samples"]) == LIMIT
     for s in run["samples"]:
@@ -65,6 +65,18 @@ def test_cot_task_generates_and_extracts_final_answer_lines(tmp_path: Path, rele
         no_answer = pred == NO_ANSWER or not s["doc"]["options"].get(pred)
         assert s["exact_match"] == float(pred == s["target"]) and s["no_answer"] == float(no_answer)
         assert s["doc"]["validation"] == "expert"  # the validated config's test split
+    # the same responses through `medcot eval extract`: the same answer for every item
+    src = tmp_path / "responses.jsonl"
+    src.write_text("".join(json.dumps({"id": s["doc_id"], "response": s["resps"][0][0],
+                                       "options": {k: v for k, v in s["doc"]["options"].items() if v}},
+                                      ensure_ascii=False) + "\n" for s in run["samples"]), encoding="utf-8")
+    medcot = str(Path(sys.executable).parent / "medcot")
+    done = subprocess.run([medcot, "eval", "extract", "--input", str(src), "--output", str(tmp_path / "x.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ours = {o["id"]: o["answer"] or NO_ANSWER
+            for o in map(json.loads, (tmp_path / "x.jsonl").read_text(encoding="utf-8").splitlines())}
+    assert ours == {s["doc_id"]: s["filtered_resps"][0] for s in run["samples"]}
 
 
 def test_multiple_choice_task_scores_option_letters(tmp_path: Path, release: Path, vllm_server) -> None:
