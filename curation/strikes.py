@@ -7,6 +7,10 @@ deterministic from item id, round and attempt number, mapped back before scoring
 (seed + attempt number). The work runs in waves: wave k sends one attempt for every item still
 unresolved, all at once (the client bounds concurrency), so an item never costs more calls than it needs.
 An unparseable answer (the extractor returns no letter) is a failed attempt, counted on its own.
+A reply cut at max_tokens (`finish_reason: length`, or a `<think>` never closed) is "truncated": it is
+retried once with a larger budget (`truncated_retry_factor`); still truncated, the attempt is stored as such
+and is NEVER a strike (long thinking must not send items to the panel). An item truncated `max_truncated`
+times in one run is held, neither passed nor escalated, and tried again on the next run (raise max_tokens).
 
 Every attempt is stored; the attempt that resolves an item is stored in ONE transaction with the item's
 stage change ("strikes_passed" or "escalated") and its event. Resumable: stored attempts are never redone,
@@ -41,7 +45,9 @@ class StrikesSummary:
     waves: int = 0
     passed: int = 0
     escalated: int = 0
-    no_answer_attempts: int = 0
+    no_answer_attempts: int = 0  # unparseable replies (strikes), truncated ones apart
+    truncated_attempts: int = 0  # replies cut at max_tokens even after the retry: never strikes
+    held_truncated: int = 0  # items held this run after max_truncated truncated attempts
     already_stored: int = 0
 
 
@@ -77,9 +83,25 @@ def strike_request(item: Item, attempt_no: int, cfg: StrikesConfig, model: str) 
                        prompt_version=f"{prompt.tag}+{EXTRACTOR_VERSION}"), perm
 
 
+TRUNCATED = "none:truncated"
+
+
+def is_truncated(a: Attempt) -> bool:
+    return a.matched_by == TRUNCATED
+
+
+def strikes_of(attempts: list[Attempt]) -> int:
+    """Failed attempts that count toward escalation: wrong or unparseable, never truncated."""
+    return sum(1 for a in attempts if not a.correct and not is_truncated(a))
+
+
 async def attempt_one(client: LLMClient, item: Item, attempt_no: int, cfg: StrikesConfig, model: str) -> Attempt:
     req, perm = strike_request(item, attempt_no, cfg, model)
     res = await client.chat(req)
+    budget = req.params.get("max_tokens")
+    if res.finish_reason == "length" and cfg.truncated_retry_factor > 1 and isinstance(budget, int):
+        bigger = {**req.params, "max_tokens": int(budget * cfg.truncated_retry_factor)}
+        res = await client.chat(replace(req, params=bigger))
     found = extract_answer(res.content, shown_options(item, perm), finish_reason=res.finish_reason)
     letter = map_back(found.letter, perm)
     return Attempt(item_id=item.id, round=cfg.round, attempt_no=attempt_no, template=req.prompt_version.split("+")[0],
@@ -91,7 +113,7 @@ async def attempt_one(client: LLMClient, item: Item, attempt_no: int, cfg: Strik
 
 def resolution(att: Attempt, history: list[Attempt], cfg: StrikesConfig) -> tuple[str | None, Event | None]:
     """(new stage, event) when this attempt resolves the item, else (None, None)."""
-    if not att.correct and att.attempt_no < cfg.max_attempts:
+    if not att.correct and strikes_of([*history, att]) < cfg.max_attempts:
         return None, None
     kind = PASSED if att.correct else ESCALATED
     payload: dict[str, Any] = {"round": att.round, "attempts": att.attempt_no, "call_id": att.call_id}
@@ -117,6 +139,7 @@ async def run_strikes(store: Store, client: LLMClient, cfg: StrikesConfig, model
     item_cfg = {it.id: replace(cfg, round=rounds[it.id]) if it.id in rounds else cfg for it in items}
     summary = StrikesSummary(eligible=len(items), resumed=sum(1 for it in items if history.get(it.id)))
     pending = [it for it in items if not _resolved(history[it.id], cfg)]
+    truncated_now: Counter[str] = Counter()  # truncated attempts of this run, per item
     bar = tqdm(total=len(pending), desc="five-strike", unit="item", disable=not progress)
 
     async def one(item: Item) -> None:
@@ -126,7 +149,9 @@ async def run_strikes(store: Store, client: LLMClient, cfg: StrikesConfig, model
         if not store.save_attempt(att, new_stage, event):
             summary.already_stored += 1
         summary.attempts_made += 1
-        summary.no_answer_attempts += att.letter is None
+        summary.no_answer_attempts += att.letter is None and not is_truncated(att)
+        summary.truncated_attempts += is_truncated(att)
+        truncated_now[item.id] += is_truncated(att)
         past.append(att)
         if new_stage is not None:
             summary.passed += new_stage == PASSED
@@ -138,6 +163,9 @@ async def run_strikes(store: Store, client: LLMClient, cfg: StrikesConfig, model
             summary.waves += 1
             await gather_all([one(it) for it in pending])
             pending = [it for it in pending if not _resolved(history[it.id], cfg)]
+            held = [it for it in pending if truncated_now[it.id] >= cfg.max_truncated]
+            summary.held_truncated += len(held)
+            pending = [it for it in pending if truncated_now[it.id] < cfg.max_truncated]
     finally:
         bar.close()
     return summary
@@ -154,7 +182,7 @@ def restrike_rounds(store: Store, cfg: StrikesConfig) -> dict[str, int]:
 
 
 def _resolved(past: list[Attempt], cfg: StrikesConfig) -> bool:
-    return bool(past) and (past[-1].correct or len(past) >= cfg.max_attempts)
+    return bool(past) and (past[-1].correct or strikes_of(past) >= cfg.max_attempts)
 
 
 # ---- the report ------------------------------------------------------------------------------------
@@ -166,6 +194,7 @@ class StrikesStats:
     unresolved: int = 0
     attempts: int = 0
     no_answer_attempts: int = 0
+    truncated_attempts: int = 0
     matched_by: dict[str, int] = field(default_factory=dict)
     tokens_spent: int = 0
     tokens_always5_estimate: int = 0
@@ -190,7 +219,7 @@ def strikes_stats(attempts: list[Attempt], max_attempts: int = 5) -> StrikesStat
         first = next((a.attempt_no for a in atts if a.correct), None)
         if first is not None:
             passed[first] += 1
-        elif len(atts) >= max_attempts:
+        elif strikes_of(atts) >= max_attempts:
             st.escalated += 1
         else:
             st.unresolved += 1
@@ -198,7 +227,8 @@ def strikes_stats(attempts: list[Attempt], max_attempts: int = 5) -> StrikesStat
         st.tokens_spent += spent
         st.tokens_always5_estimate += round(max_attempts * spent / len(atts))
     st.passed_at = {k: passed.get(k, 0) for k in range(1, max_attempts + 1)}
-    st.no_answer_attempts = sum(a.letter is None for a in attempts)
+    st.no_answer_attempts = sum(a.letter is None and not is_truncated(a) for a in attempts)
+    st.truncated_attempts = sum(is_truncated(a) for a in attempts)
     st.matched_by = dict(Counter(a.matched_by for a in attempts).most_common())
     if st.tokens_always5_estimate:
         st.token_ratio_vs_always5 = round(st.tokens_spent / st.tokens_always5_estimate, 4)
@@ -213,12 +243,14 @@ def strikes_markdown(st: StrikesStats, run: StrikesSummary, max_attempts: int) -
     lines += [f"| {k} | {v} |" for k, v in st.passed_at.items()]
     lines += [f"| escalated (failed all {max_attempts}) | {st.escalated} |"]
     if st.unresolved:
-        lines += [f"| unresolved (interrupted) | {st.unresolved} |"]
+        lines += [f"| unresolved (interrupted, or held after truncated replies) | {st.unresolved} |"]
     rate = "n/a" if st.escalation_rate is None else f"{100 * st.escalation_rate:.1f} %"
     ratio = "n/a" if st.token_ratio_vs_always5 is None else f"{st.token_ratio_vs_always5:.3f}"
     lines += ["", f"- escalation rate: {rate}",
               f"- unparseable answers (no letter, counted as failed attempts): {st.no_answer_attempts} of "
               f"{st.attempts} attempts",
+              f"- truncated replies (cut at max_tokens after one retry with a larger budget; never a strike): "
+              f"{st.truncated_attempts} attempts; items held this run: {run.held_truncated}",
               f"- tokens spent: {st.tokens_spent}; always-{max_attempts} baseline (estimated): "
               f"{st.tokens_always5_estimate}; ratio {ratio}",
               f"  (estimate: per item, {max_attempts} x its mean measured tokens per attempt)",

@@ -170,10 +170,18 @@ class StrikesConfig:
     sampling: StrikeSampling = field(default_factory=StrikeSampling)
     round: int = field(default=0, metadata={"help": "> 0: a new round of five strikes (e.g. after an edit)"})
     limit: int | None = field(default=None, metadata={"help": "re-answer at most N items (None = all)"})
+    truncated_retry_factor: float = field(default=2.0, metadata={
+        "help": "a reply cut at max_tokens is retried once with max_tokens x this (1 = no retry); never a strike"})
+    max_truncated: int = field(default=2, metadata={
+        "help": "truncated attempts of one item in one run before it is held (not escalated) until a rerun"})
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_attempts <= 20:
             raise ConfigError("strikes.max_attempts must be between 1 and 20")
+        if self.truncated_retry_factor < 1:
+            raise ConfigError("strikes.truncated_retry_factor must be >= 1")
+        if self.max_truncated < 1:
+            raise ConfigError("strikes.max_truncated must be >= 1")
         if not self.templates:
             raise ConfigError("strikes.templates must name at least one prompt file")
         from medcot.records import ITEM_STAGES

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.five_strike import PatternResponder, make_items, min_calls
 from curation.strikes import Attempt, map_back, permutation, run_strikes, shown_options, strike_request, strikes_stats
-from medcot.config import ConfigError, LLMConfig, StrikesConfig, load_config
+from medcot.config import ConfigError, LLMConfig, StrikeSampling, StrikesConfig, load_config
 from medcot.llm import LLMClient, LLMUnavailable
 from medcot.records import Item
 from medcot.scripted_server import Reply, ScriptedServer, Status
@@ -191,6 +191,49 @@ async def test_unparseable_reply_counts_as_failed_attempt(store: Store) -> None:
         assert srv.count == 3
     assert summary.escalated == 1 and summary.no_answer_attempts == 3
     assert {a.matched_by for a in store.attempts()} == {"none:refusal"}
+
+
+async def test_truncated_reply_is_retried_once_and_never_a_strike(store: Store) -> None:
+    """A reply cut at max_tokens: retried once with twice the budget. Complete then, it is the attempt;
+    still cut, it is stored as truncated, is never a strike, and an item that only truncates is held, never
+    escalated to the panel."""
+    store.add_items(fixed_items({"long": [], "fits": []}))
+
+    def reply(body: dict) -> Reply:
+        text = body["messages"][-1]["content"]
+        if "(item fits)" in text and body["max_tokens"] > 100:  # the retry's larger budget is enough
+            return Reply("Answer: " + next(k for k, v in _shown(text).items() if v == "gamma fits"))
+        return Reply("Let me think step by step about each option and", finish_reason="length")
+
+    async with ScriptedServer(responder=reply) as srv:
+        summary = await run(store, srv, StrikesConfig(max_attempts=2, max_truncated=3,
+                                                      sampling=StrikeSampling(max_tokens=100)))
+        budgets = [(b["messages"][-1]["content"].split(")")[0][-4:], b["max_tokens"]) for b in srv.bodies]
+    assert summary.passed == 1 and summary.escalated == 0 and summary.held_truncated == 1
+    assert Counter(budgets) == Counter({("fits", 100): 1, ("fits", 200): 1, ("long", 100): 3, ("long", 200): 3})
+    long = [a for a in store.attempts() if a.item_id == "long"]
+    assert len(long) == 3 and all(a.matched_by == "none:truncated" and a.letter is None for a in long)
+    assert _stage(store, "long") == "generated" and _stage(store, "fits") == "strikes_passed"
+    st = strikes_stats(store.attempts(), 2)
+    assert st.escalated == 0 and st.truncated_attempts == 3 and st.no_answer_attempts == 0 and st.unresolved == 1
+    # a wrong answer IS a strike: the same item, now answered wrongly, escalates after max_attempts strikes
+    def wrong(body: dict) -> Reply:
+        shown = _shown(body["messages"][-1]["content"])
+        return Reply("Answer: " + next(k for k, v in shown.items() if v != "gamma long"))
+
+    async with ScriptedServer(responder=wrong) as srv:
+        again = await run(store, srv, StrikesConfig(max_attempts=2, sampling=StrikeSampling(max_tokens=100)))
+        assert srv.count == 2
+    assert again.escalated == 1 and _stage(store, "long") == "escalated"
+
+
+def _stage(store: Store, item_id: str) -> str:
+    return store.items(ids=[item_id])[0].stage
+
+
+def _shown(prompt: str) -> dict[str, str]:
+    """Letter -> option text as a strike prompt shows them (lines 'A. text')."""
+    return {line[0]: line[3:].strip() for line in prompt.splitlines() if len(line) > 3 and line[1:3] == ". "}
 
 
 # ---- report numbers ----------------------------------------------------------------------------------
