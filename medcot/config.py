@@ -58,10 +58,15 @@ class LLMConfig:
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     strategy: str = field(default="least-busy", metadata={"help": "least-busy | round-robin"})
+    system_prompt: str = field(default="keep", metadata={
+        "help": "keep | merge: merge moves the system message's instructions into the first user turn "
+                "(DeepSeek advises no system prompt for R1 and other reasoning models)"})
 
     def __post_init__(self) -> None:
         if self.strategy not in ("least-busy", "round-robin"):
             raise ConfigError(f"llm.strategy must be least-busy or round-robin, not {self.strategy!r}")
+        if self.system_prompt not in ("keep", "merge"):
+            raise ConfigError(f"llm.system_prompt must be keep or merge, not {self.system_prompt!r}")
         if self.concurrency < 1:
             raise ConfigError("llm.concurrency must be >= 1")
 

@@ -46,6 +46,19 @@ def cache_key(req: ChatRequest) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def without_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The messages with every system message's text moved to the front of the first user turn."""
+    system = [m["content"] for m in messages if m.get("role") == "system"]
+    rest = [dict(m) for m in messages if m.get("role") != "system"]
+    if not system:
+        return rest
+    first_user = next((m for m in rest if m.get("role") == "user"), None)
+    if first_user is None:
+        return [{"role": "user", "content": "\n\n".join(system)}, *rest]
+    first_user["content"] = "\n\n".join([*system, first_user["content"]])
+    return rest
+
+
 def json_schema_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     """response_format for structured outputs (vLLM, OpenAI)."""
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
@@ -143,6 +156,8 @@ class LLMClient:
             self._session = None
 
     async def chat(self, req: ChatRequest, use_cache: bool = True) -> ChatResult:
+        if self.cfg.system_prompt == "merge" and any(m.get("role") == "system" for m in req.messages):
+            req = dataclasses.replace(req, messages=without_system(req.messages))  # what is sent is what is cached
         key = cache_key(req)
         if use_cache and self.store is not None:
             found = self.store.get_call(key)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from medcot.config import LLMConfig
+from medcot.config import ConfigError, LLMConfig
 from medcot.llm import LLMClient, LLMError, LLMUnavailable, cache_key, json_schema_format, split_reasoning
 from medcot.records import ChatRequest
 from medcot.scripted_server import Drop, Hang, Malformed, Reply, ScriptedServer, Status
@@ -82,6 +82,25 @@ async def test_reasoning_from_every_place(server: ScriptedServer, reply: Reply, 
     async with LLMClient(cfg(server.base_url)) as client:
         result = await client.chat(req())
     assert (result.content, result.reasoning) == (content, reasoning)
+
+
+async def test_system_prompt_merge_sends_no_system_message(server: ScriptedServer, store: Store) -> None:
+    """llm.system_prompt=merge (reasoning models): the instructions arrive in the first user turn, and what
+    is cached is what was sent; keep (the default) sends the system message as it is."""
+    messages = [{"role": "system", "content": "You are a careful examiner."},
+                {"role": "user", "content": "Which option is right?"}]
+    r = ChatRequest(messages=messages, model=MODEL, params={"max_tokens": 8})
+    async with LLMClient(cfg(server.base_url, system_prompt="merge"), store) as client:
+        await client.chat(r)
+        again = await client.chat(r)
+    assert server.bodies[0]["messages"] == [{"role": "user",
+                                             "content": "You are a careful examiner.\n\nWhich option is right?"}]
+    assert again.cached and server.count == 1 and r.messages[0]["role"] == "system"  # the caller's request untouched
+    async with LLMClient(cfg(server.base_url), store) as client:
+        await client.chat(r)
+    assert server.bodies[1]["messages"] == messages
+    with pytest.raises(ConfigError, match="system_prompt"):
+        cfg(server.base_url, system_prompt="drop")
 
 
 def test_split_reasoning_prefers_server_fields() -> None:
