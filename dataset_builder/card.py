@@ -56,7 +56,7 @@ class Example:
     text: str  # the row as JSON, long texts shortened
 
 
-EXAMPLE_FIELDS = ("id", "language", "question", "options", "answer", "answer_letter", "cot", "specialty",
+EXAMPLE_FIELDS = ("id", "language", "question", "options", "answer", "answer_letter", "cot", "reasoning", "specialty",
                   "validation", "rubric_median", "difficulty", "cognitive_level", "source", "licence")
 EXAMPLE_TEXT_LIMIT = 600  # characters of a long text (the CoT) shown; the row itself is whole in the data
 LETTER_INDEX = {letter: i for i, letter in enumerate("ABCDE")}

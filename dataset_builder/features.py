@@ -55,6 +55,7 @@ FEATURES = Features({
     "answer_letter": _S,
     "cot": _S,
     "cot_answer": _S,
+    "reasoning": _S,
     "specialty": _S,
     "subject": _S,
     "aspect": _S,
@@ -88,6 +89,8 @@ COLUMN_HELP = {
     "answer_letter": "the same key as a letter (A-E), comparable with `cot_answer` and the reviewers' answers",
     "cot": "chain of thought ending in a final-answer line (unvalidated: the initial LLM output)",
     "cot_answer": "letter the CoT commits to (project extractor; null = no answer found)",
+    "reasoning": "the generator's raw thinking (e.g. DeepSeek-R1's <think> trace) behind `cot`; NEVER expert-validated "
+                 "(experts validated `cot`); null when the model returned none or the CoT was edited by hand",
     "specialty": "clinical specialty key (null = not assigned)",
     "subject": "subject label of the seed source (null if none)",
     "aspect": "question type of an expanded item (null for seeds)",
@@ -144,6 +147,7 @@ class ReleaseRow:
     difficulty: str | None = None
     cognitive_level: str | None = None
     annotation_standard: str | None = None
+    reasoning: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # builder-only facts for the checks (not written)
 
 

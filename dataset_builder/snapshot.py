@@ -33,6 +33,7 @@ class CotVersion:
     prompt_version: str
     cot: str
     answer: str | None
+    reasoning: str | None = None  # the generator's thinking for this CoT (None: none returned, or a hand edit)
 
 
 @dataclass(slots=True)
@@ -115,7 +116,8 @@ def read_snapshot(store: Store) -> Snapshot:
                                                 .order_by(ItemRow.id)).all()]
         users = {r.id: r for r in conn.execute(select(UserRow.id, UserRow.name, UserRow.kind)).all()}
         g = GenerationRow
-        cots = _grouped(conn, select(g.item_id, g.call_id, g.purpose, g.revision, g.prompt_version, g.cot, g.answer)
+        cots = _grouped(conn, select(g.item_id, g.call_id, g.purpose, g.revision, g.prompt_version, g.cot, g.answer,
+                               g.reasoning)
                         .where(g.purpose.in_(COT_PURPOSES)).order_by(g.item_id, g.revision, g.id), CotVersion)
         snap = Snapshot(items=items, users=users, cots=cots)
         snap.revisions = _grouped(conn, select(RevisionRow).order_by(RevisionRow.id))

@@ -205,6 +205,24 @@ def test_card_example_is_a_released_row_and_its_accuracy_snippet_runs(store, tmp
         scope["accuracy"](responses[:-1])
 
 
+def test_reasoning_column_carries_the_generators_thinking_never_validated(store, tmp_path: Path) -> None:
+    from medcot.db import GenerationRow
+    with store.transaction() as conn:
+        rows = conn.execute(select(GenerationRow.id, GenerationRow.item_id, GenerationRow.purpose)).all()
+        thinking = {r.id: f"<thinking about {r.item_id} ({r.purpose})>" for r in rows}
+        for gid, text in thinking.items():
+            conn.execute(update(GenerationRow).where(GenerationRow.id == gid).values(reasoning=text))
+    rel = build_release(store, BuildConfig(), tmp_path / "rel").release_dir
+    assert FEATURES["reasoning"].dtype == "string"
+    raw = [r for split in load(rel, "unvalidated", tmp_path).values() for r in split]
+    assert raw and all(r["reasoning"] == f"<thinking about {r['id']} (initial)>" for r in raw)
+    validated = [r for split in load(rel, "validated", tmp_path).values() for r in split]
+    assert validated and all(r["reasoning"] is None or r["reasoning"].startswith(f"<thinking about {r['id']} (")
+                             for r in validated)
+    card = (rel / "README.md").read_text(encoding="utf-8")
+    assert "never reviewed" in card and "NEVER expert-validated" in card
+
+
 def test_partial_store_says_what_is_absent(tmp_path: Path) -> None:
     store = make_store(str(tmp_path / "s.db"), SyntheticSpec(items=60, reviewed=0.0, seed=2))
     result = build_release(store, BuildConfig(), tmp_path / "rel")

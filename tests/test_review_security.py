@@ -70,6 +70,23 @@ def test_model_output_is_escaped(env):
     assert "default-src 'none'" in csp and "script-src" not in csp  # no script may run at all
 
 
+def test_reasoning_is_shown_folded_escaped_and_marked_unreviewed(env):
+    """The generator's raw thinking (R1's trace) can be expanded on the review page: escaped like any model
+    output, and said to be context, not what is validated."""
+    from medcot.db import GenerationRow
+    cfg, store, ids, users, app = env
+    item = assigned_items(store, users["rev1"])[0]
+    with store.transaction() as conn:
+        conn.execute(GenerationRow.__table__.update().where(GenerationRow.item_id == item)
+                     .values(reasoning="Let me think about option C. " + XSS))
+    html = login(app, "rev1").get(f"/items/{item}/review").text
+    block = html.split('<details class="reasoning" id="reasoning">', 1)[1].split("</details>", 1)[0]
+    assert "Let me think about option C. &lt;script&gt;" in block and "<script" not in html
+    assert "not this" in block and "never reviewed" in block
+    other = next(i for i in assigned_items(store, users["rev1"]) if i != item)
+    assert 'id="reasoning"' not in login(app, "rev1").get(f"/items/{other}/review").text  # none recorded
+
+
 def test_post_without_csrf_token_is_refused(env):
     cfg, store, ids, users, app = env
     c = login(app, "rev1")

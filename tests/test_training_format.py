@@ -367,3 +367,19 @@ def test_manifest_numbers_on_a_small_release(tmp_path: Path) -> None:
                 assert us["own_answer"] == {"agree": 7, "disagree": 1, "none": 0, "rate": 0.875}
             else:  # families 0-3 hold 3/2/2/1 rows in both configs: every family's count is matched exactly
                 assert us["families_matched"] == 4 and us["filled_from_other_families"] == 0
+
+
+def test_reasoning_and_cot_target_puts_the_raw_thinking_first() -> None:
+    from training.data import format_pool
+    thinking = "The patient is 65... option C is the one removed from the algorithm."
+    row = {**EN, "reasoning": thinking}
+    ex = format_row(row, target="reasoning_and_cot")
+    text = ex.completion[0]["content"]
+    assert text == f"<think>\n{thinking}\n</think>\n\n" + format_row(EN).completion[0]["content"]
+    assert ex.stated == "C" == ex.key  # the answer is read outside the thinking
+    assert format_row(row).completion == format_row(EN).completion  # target cot ignores the reasoning
+    pool = format_pool("validated", [row, {**ZH, "reasoning": None}], "cot", target="reasoning_and_cot")
+    assert pool.reasons == [None, "no_reasoning"] and pool.excluded() == {"no_reasoning": 1}
+    assert format_pool("validated", [row, {**ZH, "reasoning": None}], "cot").reasons == [None, None]
+    with pytest.raises(ConfigError, match="data.target"):
+        load_train_config(None, ["data.target=thinking"])

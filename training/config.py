@@ -36,6 +36,9 @@ def sft_field_names() -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(SFTConfig) if f.init)
 
 
+TARGETS = ("cot", "reasoning_and_cot")
+
+
 @dataclass
 class DataConfig:
     release_dir: str = field(default="", metadata={"help": "release folder (Parquet + README configs)"})
@@ -49,8 +52,14 @@ class DataConfig:
     subsample_seed: int = field(default=0, metadata={
         "help": "seed of the data subsample (a matrix run's data seed replaces it; recorded)"})
     prompt: str = field(default="cot", metadata={"help": "versioned prompt file (medcot/prompts/NAME.yaml)"})
+    target: str = field(default="cot", metadata={
+        "help": "what the model learns to write: cot (the expert-validated text) | reasoning_and_cot (the "
+                "generator's raw thinking in <think>...</think>, NEVER validated, then the cot; rows without "
+                "reasoning are set apart)"})
 
     def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ConfigError(f"data.target must be one of {', '.join(TARGETS)}, not {self.target!r}")
         if self.arm not in ARMS:
             raise ConfigError(f"data.arm must be one of {', '.join(ARMS)}, not {self.arm!r}")
         if self.design not in DESIGNS:

@@ -38,6 +38,7 @@ from training.format import SFTExample, data_hash, example_hash, format_row
 
 REASON_PROMPT_TOO_LONG = "prompt_fills_max_length"
 REASON_NO_COT = "no_cot"
+REASON_NO_REASONING = "no_reasoning"  # target reasoning_and_cot: the row has no generator thinking
 REASON_NO_RAW_ROW = "no_usable_raw_row"  # matched: a validated item without a usable unvalidated row
 REASON_NOT_VALIDATED = "not_in_validated_arm"  # matched: a raw row of an item the validated arm does not have
 DESIGNS = ("matched", "pipeline")
@@ -134,12 +135,21 @@ def load_split(release_dir: str | Path, arm: str, split: str) -> Any:
         raise ConfigError(f"{folder}: cannot load config {arm!r} split {split!r}: {exc}") from exc
 
 
-def format_pool(arm: str, ds: Any, prompt_name: str, tokenizer: Any = None, max_length: int | None = None) -> ArmPool:
+def _unusable(row: dict[str, Any], target: str) -> str | None:
+    if not (row.get("cot") or "").strip():
+        return REASON_NO_COT
+    if target == "reasoning_and_cot" and not (row.get("reasoning") or "").strip():
+        return REASON_NO_REASONING
+    return None
+
+
+def format_pool(arm: str, ds: Any, prompt_name: str, tokenizer: Any = None, max_length: int | None = None,
+                target: str = "cot") -> ArmPool:
     """All rows formatted; with a tokenizer, rows whose prompt fills max_length are set apart (see above)."""
     rows = list(ds)
     keep_own_answer = arm == "unvalidated"  # the raw arm keeps its CoT verbatim (training.format)
-    pool = ArmPool(arm, [format_row(r, prompt_name, keep_own_answer) for r in rows],
-                   [None if (r.get("cot") or "").strip() else REASON_NO_COT for r in rows], max_length=max_length)
+    pool = ArmPool(arm, [format_row(r, prompt_name, keep_own_answer, target) for r in rows],
+                   [_unusable(r, target) for r in rows], max_length=max_length)
     if tokenizer is not None and max_length is not None:
         prompt = [_n_tokens(tokenizer, ex.prompt, True) for ex in pool.examples]
         pool.total_tokens = [_n_tokens(tokenizer, ex.prompt + ex.completion, False) for ex in pool.examples]

@@ -123,9 +123,16 @@ def stated_answer(completion: str, options: Mapping[str, str]) -> str | None:
     return extract_answer(completion, options).letter
 
 
-def format_row(row: Mapping[str, Any], prompt_name: str = "cot", keep_own_answer: bool = False) -> SFTExample:
+def with_reasoning(reasoning: str | None, completion: str) -> str:
+    """target reasoning_and_cot: the generator's raw thinking in R1's <think> form, then the completion."""
+    return f"<think>\n{(reasoning or '').strip()}\n</think>\n\n{completion}"
+
+
+def format_row(row: Mapping[str, Any], prompt_name: str = "cot", keep_own_answer: bool = False,
+               target: str = "cot") -> SFTExample:
     """One release row (``id, family_id, language, question, options, answer, cot``) -> an SFTExample;
-    ``keep_own_answer``: the unvalidated arm's raw CoT, verbatim (see the module doc)."""
+    ``keep_own_answer``: the unvalidated arm's raw CoT, verbatim (see the module doc); ``target``
+    reasoning_and_cot: the row's `reasoning` (never validated) before it."""
     rid = row.get("id", "?")
     try:
         letter = answer_letter(row["answer"])
@@ -134,11 +141,13 @@ def format_row(row: Mapping[str, Any], prompt_name: str = "cot", keep_own_answer
             raise FormatError(f"answer {letter} is not one of the options {sorted(opts)}")
         prompt = build_prompt(row["question"], opts, row["language"], prompt_name)
         completion = build_completion(row["cot"], row["language"], letter, keep_own_answer)
+        if target == "reasoning_and_cot":
+            completion = with_reasoning(row.get("reasoning"), completion)
     except (KeyError, FormatError) as exc:
         raise FormatError(f"row {rid}: {exc}") from exc
     return SFTExample(id=str(rid), family_id=str(row["family_id"]), language=row["language"], prompt=prompt,
                       completion=[{"role": "assistant", "content": completion}], key=letter,
-                      stated=stated_answer(completion, opts))
+                      stated=stated_answer(completion, opts))  # the extractor reads outside <think>
 
 
 def prompt_version(prompt_name: str = "cot") -> str:

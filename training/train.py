@@ -108,8 +108,8 @@ def max_length(cfg: TrainConfig) -> int | None:
 def load_pools(cfg: TrainConfig, arms: list[str], tokenizer: Any) -> dict[str, ArmPool]:
     """Each arm's split, formatted and measured in tokens (rows that cannot be trained are set apart)."""
     d = cfg.data
-    return {arm: format_pool(arm, load_split(d.release_dir, arm, d.split), d.prompt, tokenizer, max_length(cfg))
-            for arm in arms}
+    return {arm: format_pool(arm, load_split(d.release_dir, arm, d.split), d.prompt, tokenizer, max_length(cfg),
+                             d.target) for arm in arms}
 
 
 def prepare_data(cfg: TrainConfig, tokenizer: Any) -> ArmData:

@@ -50,6 +50,7 @@ def item_core(conn: Connection, item_id: str) -> dict[str, Any]:
     return {"id": item.id, "language": item.language, "question": item.question, "options": dict(sorted(item.options.items())),
             "key": item.answer, "stage": item.stage, "origin": item.origin, "specialty": item.specialty,
             "cot": cot["cot"] if cot else "", "cot_answer": cot["answer"] if cot else None,
+            "reasoning": (cot.get("reasoning") or None) if cot else None,
             "round": revision_count(conn, item_id), "revision": item_revision(conn, item)}
 
 
