@@ -9,8 +9,9 @@ unresolved, all at once (the client bounds concurrency), so an item never costs 
 An unparseable answer (the extractor returns no letter) is a failed attempt, counted on its own.
 A reply cut at max_tokens (`finish_reason: length`, or a `<think>` never closed) is "truncated": it is
 retried once with a larger budget (`truncated_retry_factor`); still truncated, the attempt is stored as such
-and is NEVER a strike (long thinking must not send items to the panel). An item truncated `max_truncated`
-times in one run is held, neither passed nor escalated, and tried again on the next run (raise max_tokens).
+and is NEVER a strike (long thinking must not send items to the panel). An item with `max_truncated`
+truncated attempts in a round is held: neither passed nor escalated, reported as such, and left alone by
+reruns (raise strikes.sampling.max_tokens and strikes.max_truncated to try it again).
 
 Every attempt is stored; the attempt that resolves an item is stored in ONE transaction with the item's
 stage change ("strikes_passed" or "escalated") and its event. Resumable: stored attempts are never redone,
@@ -47,7 +48,7 @@ class StrikesSummary:
     escalated: int = 0
     no_answer_attempts: int = 0  # unparseable replies (strikes), truncated ones apart
     truncated_attempts: int = 0  # replies cut at max_tokens even after the retry: never strikes
-    held_truncated: int = 0  # items held this run after max_truncated truncated attempts
+    held_truncated: int = 0  # items held (max_truncated truncated attempts this round), whole store
     already_stored: int = 0
 
 
@@ -139,7 +140,6 @@ async def run_strikes(store: Store, client: LLMClient, cfg: StrikesConfig, model
     item_cfg = {it.id: replace(cfg, round=rounds[it.id]) if it.id in rounds else cfg for it in items}
     summary = StrikesSummary(eligible=len(items), resumed=sum(1 for it in items if history.get(it.id)))
     pending = [it for it in items if not _resolved(history[it.id], cfg)]
-    truncated_now: Counter[str] = Counter()  # truncated attempts of this run, per item
     bar = tqdm(total=len(pending), desc="five-strike", unit="item", disable=not progress)
 
     async def one(item: Item) -> None:
@@ -151,7 +151,6 @@ async def run_strikes(store: Store, client: LLMClient, cfg: StrikesConfig, model
         summary.attempts_made += 1
         summary.no_answer_attempts += att.letter is None and not is_truncated(att)
         summary.truncated_attempts += is_truncated(att)
-        truncated_now[item.id] += is_truncated(att)
         past.append(att)
         if new_stage is not None:
             summary.passed += new_stage == PASSED
@@ -163,11 +162,9 @@ async def run_strikes(store: Store, client: LLMClient, cfg: StrikesConfig, model
             summary.waves += 1
             await gather_all([one(it) for it in pending])
             pending = [it for it in pending if not _resolved(history[it.id], cfg)]
-            held = [it for it in pending if truncated_now[it.id] >= cfg.max_truncated]
-            summary.held_truncated += len(held)
-            pending = [it for it in pending if truncated_now[it.id] < cfg.max_truncated]
     finally:
         bar.close()
+    summary.held_truncated = sum(1 for it in items if held(history[it.id], cfg))
     return summary
 
 
@@ -181,8 +178,14 @@ def restrike_rounds(store: Store, cfg: StrikesConfig) -> dict[str, int]:
     return out
 
 
+def held(past: list[Attempt], cfg: StrikesConfig) -> bool:
+    """Truncated max_truncated times this round, without a correct answer or a full set of strikes."""
+    return (not any(a.correct for a in past) and strikes_of(past) < cfg.max_attempts
+            and sum(map(is_truncated, past)) >= cfg.max_truncated)
+
+
 def _resolved(past: list[Attempt], cfg: StrikesConfig) -> bool:
-    return bool(past) and (past[-1].correct or strikes_of(past) >= cfg.max_attempts)
+    return bool(past) and (past[-1].correct or strikes_of(past) >= cfg.max_attempts or held(past, cfg))
 
 
 # ---- the report ------------------------------------------------------------------------------------
@@ -250,7 +253,8 @@ def strikes_markdown(st: StrikesStats, run: StrikesSummary, max_attempts: int) -
               f"- unparseable answers (no letter, counted as failed attempts): {st.no_answer_attempts} of "
               f"{st.attempts} attempts",
               f"- truncated replies (cut at max_tokens after one retry with a larger budget; never a strike): "
-              f"{st.truncated_attempts} attempts; items held this run: {run.held_truncated}",
+              f"{st.truncated_attempts} attempts; items held (truncated strikes.max_truncated times; raise max_tokens): "
+              f"{run.held_truncated}",
               f"- tokens spent: {st.tokens_spent}; always-{max_attempts} baseline (estimated): "
               f"{st.tokens_always5_estimate}; ratio {ratio}",
               f"  (estimate: per item, {max_attempts} x its mean measured tokens per attempt)",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from medcot.db import Base, utcnow
@@ -41,6 +41,17 @@ class UserRow(Base):
     kind: Mapped[str] = mapped_column(String(20), default="human")  # ACTOR_KINDS
     password_hash: Mapped[str | None] = mapped_column(String(300))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SessionRow(Base):
+    """A logged-in session of the review app (server side): logout or an admin revokes it at once."""
+
+    __tablename__ = "review_sessions"
+    sid_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the cookie's session id
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    expires_at: Mapped[float] = mapped_column(Float)  # unix time
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -224,6 +224,28 @@ def test_a_edits_cot_and_key_b_sees_the_base_text_and_b_cannot_validate_a_text(s
     assert q1_item.answer == "C" and approved == 0 and not rows(site, RevisionRow, q1)
 
 
+def test_logout_ends_the_session_and_an_old_cookie_gets_the_login_page(site):
+    """Server-side sessions: a cookie saved before logout (or before an admin's revoke) is worthless after."""
+    page = login(site, "pan3")
+    saved = page.context.cookies()
+    page.click("#logout")
+    page.wait_for_url(site["url"] + "/login")
+    thief = site["browser"].new_context()
+    thief.add_cookies(saved)  # the cookie as it was before logout
+    other = thief.new_page()
+    other.goto(site["url"] + "/")
+    assert other.url == site["url"] + "/login" and other.locator("#login").count() == 1
+    assert thief.request.get(f"{site['url']}/api/me").status == 401
+    # an admin revokes every session of a user: both of their browsers are out at once
+    first, second = login(site, "pan3"), login(site, "pan3")
+    res = CliRunner().invoke(main, ["review", "user", "revoke-sessions", "pan3", "--store", site["cfg"].store.url])
+    assert res.exit_code == 0 and "revoked 2 live session(s)" in res.output, res.output
+    for page in (first, second):
+        page.goto(site["url"] + "/")
+        assert page.url == site["url"] + "/login"
+    thief.close()
+
+
 def test_an_untouched_form_submit_records_no_revision(site):
     m = site["ids"][4]
     rev1, rev2 = login(site, "rev1"), login(site, "rev2")

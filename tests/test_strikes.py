@@ -216,13 +216,17 @@ async def test_truncated_reply_is_retried_once_and_never_a_strike(store: Store) 
     assert _stage(store, "long") == "generated" and _stage(store, "fits") == "strikes_passed"
     st = strikes_stats(store.attempts(), 2)
     assert st.escalated == 0 and st.truncated_attempts == 3 and st.no_answer_attempts == 0 and st.unresolved == 1
-    # a wrong answer IS a strike: the same item, now answered wrongly, escalates after max_attempts strikes
+    # held means held: a rerun makes no call; raising max_truncated tries it again, and a wrong answer IS a strike
     def wrong(body: dict) -> Reply:
         shown = _shown(body["messages"][-1]["content"])
         return Reply("Answer: " + next(k for k, v in shown.items() if v != "gamma long"))
 
     async with ScriptedServer(responder=wrong) as srv:
-        again = await run(store, srv, StrikesConfig(max_attempts=2, sampling=StrikeSampling(max_tokens=100)))
+        rerun = await run(store, srv, StrikesConfig(max_attempts=2, max_truncated=3,
+                                                    sampling=StrikeSampling(max_tokens=100)))
+        assert srv.count == 0 and rerun.held_truncated == 1
+        again = await run(store, srv, StrikesConfig(max_attempts=2, max_truncated=4,
+                                                    sampling=StrikeSampling(max_tokens=100)))
         assert srv.count == 2
     assert again.escalated == 1 and _stage(store, "long") == "escalated"
 

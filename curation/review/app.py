@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader
 from starlette.datastructures import MutableHeaders
 
-from curation.review.auth import SESSION_COOKIE, LoginThrottle, Sessions, csrf_ok, get_user
+from curation.review.auth import SESSION_COOKIE, LoginThrottle, Sessions, csrf_ok, get_user, session_live
 from curation.review.records import ReviewError, User
 from medcot.config import Config, ConfigError
 from medcot.records import Event
@@ -87,6 +87,8 @@ class ReviewApp:
         if not s or s.get("uid") is None:
             return None
         with self.store.engine.connect() as conn:
+            if not session_live(conn, s.get("sid"), int(s["uid"])):  # logged out, revoked or expired
+                return None
             user = get_user(conn, int(s["uid"]))
         return user if user and user.active and user.is_human else None
 

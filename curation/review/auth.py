@@ -1,14 +1,17 @@
 """Accounts and sessions of the review app.
 
 - Passwords: argon2id (argon2-cffi's defaults), rehashed on login when the parameters change.
-- Sessions: an itsdangerous-signed, time-limited cookie (HttpOnly, SameSite=Strict) holding the user id and
-  the session's CSRF token; the user row is re-read on every request, so a deactivated account is out at once.
+- Sessions: an itsdangerous-signed, time-limited cookie (HttpOnly, SameSite=Strict) holding the user id, the
+  session's CSRF token and, once logged in, a random session id whose record lives in the store
+  (`review_sessions`, by its sha256): logout and `medcot review user revoke-sessions` revoke it at once, and
+  the user row is re-read on every request, so a deactivated account is out at once.
 - CSRF: every form carries the session's token; a POST without the matching token is refused (403).
 - Login throttling: failures are audit events; too many for one account (store-wide) or from one client
   address (this process) within the window lock further attempts (429) until the window passes.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import threading
@@ -28,7 +31,7 @@ from curation.review.items import log
 from curation.review.records import ReviewError, User
 from medcot.db import EventRow
 from medcot.records import Event
-from medcot.review_tables import ACTOR_KINDS, ROLES, UserRow
+from medcot.review_tables import ACTOR_KINDS, ROLES, SessionRow, UserRow
 from medcot.store import Store
 
 SESSION_COOKIE = "medcot_session"
@@ -170,8 +173,8 @@ class Sessions:
         self._s = URLSafeTimedSerializer(secret_key, salt="medcot-review-session")
         self.max_age_s = max_age_s
 
-    def new(self, user_id: int | None) -> tuple[str, dict[str, Any]]:
-        data = {"uid": user_id, "csrf": secrets.token_urlsafe(32)}
+    def new(self, user_id: int | None, sid: str | None = None) -> tuple[str, dict[str, Any]]:
+        data = {"uid": user_id, "csrf": secrets.token_urlsafe(32), "sid": sid}
         return self._s.dumps(data), data
 
     def load(self, cookie: str | None) -> dict[str, Any] | None:
@@ -182,6 +185,38 @@ class Sessions:
         except (BadSignature, SignatureExpired):
             return None
         return data if isinstance(data, dict) and isinstance(data.get("csrf"), str) else None
+
+
+def _sid_hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
+def open_session(conn: Connection, user_id: int, max_age_s: int) -> str:
+    """A new server-side session for the user; returns its id (goes into the signed cookie only)."""
+    sid = secrets.token_urlsafe(32)
+    conn.execute(insert(SessionRow).values(sid_hash=_sid_hash(sid), user_id=user_id,
+                                           expires_at=time.time() + max_age_s, revoked=False))
+    return sid
+
+
+def session_live(conn: Connection, sid: Any, user_id: int) -> bool:
+    if not isinstance(sid, str) or not sid:
+        return False
+    row = conn.execute(select(SessionRow.user_id, SessionRow.expires_at, SessionRow.revoked)
+                       .where(SessionRow.sid_hash == _sid_hash(sid))).first()
+    return bool(row and row.user_id == user_id and not row.revoked and row.expires_at > time.time())
+
+
+def revoke_session(conn: Connection, sid: Any) -> None:
+    if isinstance(sid, str) and sid:
+        conn.execute(update(SessionRow).where(SessionRow.sid_hash == _sid_hash(sid)).values(revoked=True))
+
+
+def revoke_user_sessions(conn: Connection, user_id: int) -> int:
+    """Revoke every live session of a user; returns how many were live."""
+    res = conn.execute(update(SessionRow).where(SessionRow.user_id == user_id, SessionRow.revoked.is_(False),
+                                                SessionRow.expires_at > time.time()).values(revoked=True))
+    return int(res.rowcount or 0)
 
 
 def csrf_ok(session: dict[str, Any] | None, token: str | None) -> bool:

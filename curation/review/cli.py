@@ -75,6 +75,37 @@ def register(main: click.Group) -> None:
             fail(str(exc))
         click.echo(f"added {user.role} {user.name!r} (id {user.id})")
 
+    @review.group("user")
+    def user_group() -> None:
+        """Accounts: list them, revoke a user's sessions."""
+
+    @user_group.command("list")
+    @store_option
+    @config_option
+    def user_list(store_url: str | None, config_path: str | None) -> None:
+        """Every account: id, name, role, kind, active."""
+        from curation.review.auth import list_users
+        cfg = get_config(config_path, store_url=store_url)
+        with _store(cfg).engine.connect() as conn:
+            for u in list_users(conn):
+                click.echo(f"{u.id}\t{u.name}\t{u.role}\t{u.kind}\t{'active' if u.active else 'inactive'}")
+
+    @user_group.command("revoke-sessions")
+    @click.argument("name")
+    @store_option
+    @config_option
+    def revoke_sessions(name: str, store_url: str | None, config_path: str | None) -> None:
+        """Log a user out everywhere at once (every live session of theirs stops working)."""
+        from curation.review.auth import get_user_by_name, revoke_user_sessions
+        cfg = get_config(config_path, store_url=store_url)
+        store = _store(cfg)
+        with store.transaction() as conn:
+            user = get_user_by_name(conn, name)
+            if user is None:
+                fail(f"no user named {name!r} (see `medcot review user list`)")
+            n = revoke_user_sessions(conn, user.id)
+        click.echo(f"revoked {n} live session(s) of {name!r}")
+
     @review.command()
     @store_option
     @config_option

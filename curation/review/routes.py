@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from curation.review import forms, views
 from curation.review.app import ReviewApp
-from curation.review.auth import SESSION_COOKIE, authenticate, list_users
+from curation.review.auth import SESSION_COOKIE, authenticate, list_users, open_session, revoke_session
 from curation.review.consensus import run_consensus
 from curation.review.items import get_item
 from curation.review.panel import regenerate, submit_panel
@@ -70,7 +70,9 @@ def register(app: FastAPI, s: ReviewApp) -> None:  # noqa: C901 (a flat list of 
                                            str(data.get("password", "")), ip)
         except ReviewError as exc:
             return s.render(request, "login.html", status=exc.status, error=str(exc))
-        cookie, _ = s.sessions.new(user.id)  # a fresh session (and CSRF token) after login
+        with s.store.transaction() as conn:  # a fresh server-side session (and CSRF token) after login
+            sid = open_session(conn, user.id, s.cfg.review.session_max_age_s)
+        cookie, _ = s.sessions.new(user.id, sid)
         response = RedirectResponse("/", status_code=303)
         s.set_cookie(response, cookie)
         return response
@@ -79,6 +81,9 @@ def register(app: FastAPI, s: ReviewApp) -> None:  # noqa: C901 (a flat list of 
     async def logout(request: Request) -> Response:
         await s.form(request)
         user = s.user(request)
+        session = s.session(request)
+        with s.store.transaction() as conn:  # the old cookie is worthless from now on, even if kept
+            revoke_session(conn, (session or {}).get("sid"))
         if user:
             s.audit(user, "logout")
         response = RedirectResponse("/login", status_code=303)
