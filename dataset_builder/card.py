@@ -11,7 +11,7 @@ import jinja2
 from huggingface_hub import DatasetCardData
 
 from curation.review.invariant import INVARIANT
-from dataset_builder.features import COLUMN_HELP, CONFIGS, SPLITS, VALIDATION_NOTES
+from dataset_builder.features import COLUMN_HELP, CONFIGS, LETTERS, SPLITS, VALIDATION_NOTES
 from dataset_builder.lmeval import EXTRACTOR_FILE
 from dataset_builder.splits import SPLIT_RULE
 from dataset_builder.writer import SplitFiles, configs_yaml, dataset_infos
@@ -59,7 +59,6 @@ class Example:
 EXAMPLE_FIELDS = ("id", "language", "question", "options", "answer", "answer_letter", "cot", "reasoning", "specialty",
                   "validation", "rubric_median", "difficulty", "cognitive_level", "source", "licence")
 EXAMPLE_TEXT_LIMIT = 600  # characters of a long text (the CoT) shown; the row itself is whole in the data
-LETTER_INDEX = {letter: i for i, letter in enumerate("ABCDE")}
 
 
 def pick_example(split_rows: dict[str, dict[str, list[Any]]]) -> Example | None:
@@ -74,7 +73,7 @@ def pick_example(split_rows: dict[str, dict[str, list[Any]]]) -> Example | None:
 
 def _example_json(row: Any) -> str:
     data = {"answer_letter": row.answer, **{f: getattr(row, f) for f in EXAMPLE_FIELDS if hasattr(row, f)}}
-    data["answer"] = LETTER_INDEX[row.answer]
+    data["answer"] = LETTERS.index(row.answer)  # the ClassLabel index, as load_dataset returns it
     for key, value in data.items():
         if isinstance(value, str) and len(value) > EXAMPLE_TEXT_LIMIT:
             data[key] = value[:EXAMPLE_TEXT_LIMIT] + f" … [{len(value) - EXAMPLE_TEXT_LIMIT} more characters]"

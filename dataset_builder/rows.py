@@ -201,8 +201,8 @@ class RowMaker:
         return ReleaseRow(
             id=item.id, family_id=item.family_id, parent_id=item.parent_id, origin=item.origin,
             language=item.language, question=question, options={k: options.get(k) for k in LETTERS},
-            answer=answer, cot=gen.cot, cot_answer=gen.answer, reasoning=gen.reasoning, specialty=item.specialty, subject=item.subject,
-            aspect=item.aspect, source=item.source, licence=item.licence,
+            answer=answer, cot=gen.cot, cot_answer=gen.answer, reasoning=gen.reasoning, specialty=item.specialty,
+            subject=item.subject, aspect=item.aspect, source=item.source, licence=item.licence,
             validation_note=VALIDATION_NOTES[parts["validation"]], provenance=self.provenance(item.id, gen),
             extra={"extra_options": sorted(set(options) - set(LETTERS))}, **parts)
 

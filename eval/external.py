@@ -17,8 +17,6 @@ from eval.records import EvalItem
 from medcot.records import LANGUAGES, LETTERS
 from medcot.seeds import SeedError, SeedIssue, check_language, check_options, derived_id, read_records
 
-KNOWN = frozenset({"id", "question", "options", "answer", "language", "subject", "specialty", "explanation",
-                   "source", "licence", "other"})
 # "A. text" / "A、text" / "(A) text" / "A：text" at the start of a line of the question
 _OPTION_LINE = re.compile(r"^\s*[(（]?([A-E])[)）]?\s*[.、．:：)）]\s*(\S.*?)\s*$")
 

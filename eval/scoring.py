@@ -39,8 +39,8 @@ def _by(preds: list[Prediction], key: str, boot: BootstrapConfig) -> dict[str, d
 def set_metrics(preds: list[Prediction], boot: BootstrapConfig) -> dict[str, Any]:
     """Metrics of one model on one eval set; a set without answers gets no accuracy, only its no-answer rate."""
     if not any(p.labelled for p in preds):
-        return {"labelled": False, "n": len(preds), "no_answer": sum(p.prediction is None for p in preds),
-                "no_answer_rate": sum(p.prediction is None for p in preds) / len(preds),
+        no_answer = sum(p.prediction is None for p in preds)
+        return {"labelled": False, "n": len(preds), "no_answer": no_answer, "no_answer_rate": no_answer / len(preds),
                 "matched_by": dict(sorted(Counter(p.matched_by for p in preds).items()))}
     if not all(p.labelled for p in preds):
         raise ValueError(f"set {preds[0].set!r} mixes predictions with and without a gold answer")
