@@ -8,6 +8,12 @@ medcot.neardup); rejects are stored as `candidates` rows, accepted ones become i
 family (origin "expanded", id `{seed}~x{slot}`), all in ONE transaction with a family `expansion_done`
 event; (4) accepted items get their CoT from the generate stage, like seeds.
 
+Cross-check (`expand.check_model`): a second model answers every well-formed candidate with an answerer prompt
+(`expand.check_prompt`, the five-strike one by default); an answer that is not the key (or no answer) is a
+disagreement, with its reason. `expand.check_action: flag` (default) keeps the question and records an
+`expand_check` event on it (the reviewers and the panel decide); `reject` stores it as a rejected candidate
+(check `cross_check`). Agreement records no check (the expanded event names the check call).
+
 Resumable per family: a family with an `expansion_done` event is never expanded again, and the
 client's cache makes an interrupted family's calls free to repeat.
 """
@@ -25,7 +31,9 @@ import yaml
 
 from curation.generate import run_generate, summary_dict
 from medcot.config import ExpandConfig, SamplingConfig
+from medcot.extract import EXTRACTOR_VERSION, extract_answer
 from medcot.llm import LLMClient, gather_all, json_schema_format, sampling_params
+from medcot.models import ModelHandle
 from medcot.neardup import RULE_VERSION, THRESHOLD, DupText, NearDupIndex, stem_similarity
 from medcot.pipeline import RunContext, stage
 from medcot.prompts import PROMPT_DIR, format_options, load_prompt
@@ -55,6 +63,8 @@ class ExpandSummary:
     candidates: int = 0
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    cross_checked: int = 0  # candidates that passed every other check and were answered by the check model
+    cross_check_disagreed: int = 0  # of those, answered otherwise than the key, or not at all (flagged or rejected)
 
 
 # ---- schemas ---------------------------------------------------------------------------------------
@@ -261,6 +271,69 @@ def expanded_item(seed: Item, slot: int, aspect: str, obj: dict[str, Any]) -> It
                 licence=seed.licence, stage="imported")
 
 
+# ---- cross-check -----------------------------------------------------------------------------------
+CROSS_CHECK = "cross_check"
+CHECK_EVENT = "expand_check"
+
+
+@dataclass(slots=True)
+class CrossCheck:
+    """The check model's answer to one candidate, against the candidate's key."""
+
+    model: str
+    call_id: int | None
+    letter: str | None  # None: no answer
+    matched_by: str
+    key: str
+    prompt_version: str
+
+    @property
+    def agrees(self) -> bool:
+        return self.letter is not None and self.letter == self.key
+
+    @property
+    def reason(self) -> str:
+        if self.letter is None:
+            return f"check model gives no answer: {self.model} ({self.matched_by}), key {self.key}"
+        return f"check model disagrees with the key: {self.model} answered {self.letter}, key {self.key}"
+
+    def payload(self) -> dict[str, Any]:
+        return {"model": self.model, "call_id": self.call_id, "answer": self.letter, "matched_by": self.matched_by,
+                "key": self.key, "agrees": self.agrees, "prompt_version": self.prompt_version}
+
+
+def check_request(item: Item, cfg: ExpandConfig, model: str) -> ChatRequest:
+    prompt = load_prompt(cfg.check_prompt, item.language)
+    messages = prompt.messages(question=item.question, options=format_options(item.options))
+    return ChatRequest(messages=messages, model=model, params=sampling_params(cfg.check_sampling),
+                       prompt_version=f"{prompt.tag}+{EXTRACTOR_VERSION}", stage="expand_check", item_id=item.id)
+
+
+async def cross_check(check: ModelHandle, item: Item, cfg: ExpandConfig) -> CrossCheck:
+    req = check_request(item, check.tuned(cfg, "check_sampling"), check.model)
+    res = await check.client.chat(req)
+    found = extract_answer(res.content, item.options, finish_reason=res.finish_reason)
+    return CrossCheck(check.model, res.call_id, found.letter, found.matched_by, item.answer, req.prompt_version)
+
+
+async def cross_checks(check: ModelHandle, seed: Item, slots: list[tuple[int, str]], results: list[ChatResult],
+                       cfg: ExpandConfig) -> list[CrossCheck | None]:
+    """The check model's answer to every well-formed candidate (None for the others), all at once: before the
+    duplicate checks, which run in slot order, so that a rejected question never enters the family's index."""
+    out: list[CrossCheck | None] = [None] * len(results)
+
+    async def one(i: int, item: Item) -> None:
+        out[i] = await cross_check(check, item, cfg)
+
+    todo = []
+    for i, ((slot, aspect), res) in enumerate(zip(slots, results)):
+        obj, _ = parse_json_object(res)
+        if obj is not None and not structure_problem(obj, seed.language)[0]:
+            todo.append(one(i, expanded_item(seed, slot, aspect, obj)))
+    await gather_all(todo)
+    return out
+
+
 # ---- one family ------------------------------------------------------------------------------------
 @dataclass
 class FamilyResult:
@@ -268,10 +341,12 @@ class FamilyResult:
     events: list[Event]
     candidates: list[Candidate]
     facts_ok: bool
+    cross_checked: int = 0
+    cross_check_disagreed: int = 0
 
 
 async def expand_family(client: LLMClient, seed: Item, gen: Generation, cfg: ExpandConfig, model: str,
-                        existing: ExistingItems) -> FamilyResult:
+                        existing: ExistingItems, check_by: ModelHandle | None = None) -> FamilyResult:
     freq = facts_request(seed, gen, cfg, model)
     fres = await client.chat(freq)
     facts, check, reason = parse_facts(fres, freq.prompt_version, cfg.max_facts)
@@ -287,20 +362,31 @@ async def expand_family(client: LLMClient, seed: Item, gen: Generation, cfg: Exp
         results[i] = await client.chat(reqs[i])
 
     await gather_all([ask(i) for i in range(len(reqs))])
+    checks: list[CrossCheck | None] = [None] * len(reqs)
+    if check_by is not None:
+        checks = await cross_checks(check_by, seed, slots, results, cfg)  # type: ignore[arg-type]
     checker = FamilyChecker(seed, existing)
     out = FamilyResult([], [], [], facts_ok=True)
-    for (slot, aspect), req, res in zip(slots, reqs, results):
-        _judge(checker, out, seed, slot, aspect, req, res, facts)  # type: ignore[arg-type]
+    for (slot, aspect), req, res, cc in zip(slots, reqs, results, checks):
+        _judge(checker, out, seed, slot, aspect, req, res, facts, cc, cfg.check_action == "reject")  # type: ignore[arg-type]
     return out
 
 
 def _judge(checker: FamilyChecker, out: FamilyResult, seed: Item, slot: int, aspect: str, req: ChatRequest,
-           res: ChatResult, facts: Facts) -> None:
+           res: ChatResult, facts: Facts, cc: CrossCheck | None, reject_disagreement: bool) -> None:
     obj, reason = parse_json_object(res)
     kind = "json" if obj is None else ""
     if obj is not None:
         kind, reason = checker.check(obj, req.item_id)
+    disagrees = not kind and cc is not None and not cc.agrees
+    if not kind and cc is not None:
+        out.cross_checked += 1
+        out.cross_check_disagreed += disagrees
+        if disagrees and reject_disagreement:
+            kind, reason = CROSS_CHECK, cc.reason
     payload: dict[str, Any] = obj if obj is not None else {"raw": res.content, "finish_reason": res.finish_reason}
+    if kind == CROSS_CHECK:
+        payload = {**payload, "cross_check": cc.payload()}  # type: ignore[union-attr]
     out.candidates.append(Candidate(seed.family_id, seed.id, slot, aspect, res.call_id, kind, reason, payload))
     if kind:
         return
@@ -310,13 +396,18 @@ def _judge(checker: FamilyChecker, out: FamilyResult, seed: Item, slot: int, asp
     out.events.append(Event(kind="expanded", item_id=item.id, stage="expand", actor="llm", actor_kind="llm", payload={
         "family_id": seed.family_id, "parent_id": seed.id, "aspect": aspect, "slot": slot,
         "facts_call_id": facts.call_id, "question_call_id": res.call_id, "model": req.model,
-        "prompt_versions": {"facts": facts.prompt_version, "question": req.prompt_version}}))
+        "prompt_versions": {"facts": facts.prompt_version, "question": req.prompt_version},
+        "cross_check": None if cc is None else {"model": cc.model, "call_id": cc.call_id, "agrees": cc.agrees}}))
+    if disagrees:  # flagged, kept: the check with its reason, on the item
+        out.events.append(Event(kind=CHECK_EVENT, item_id=item.id, stage="expand", actor="llm", actor_kind="llm",
+                                payload={"check": CROSS_CHECK, "reason": cc.reason, **cc.payload()}))  # type: ignore[union-attr]
 
 
 # ---- the stage -------------------------------------------------------------------------------------
 async def run_expand(store: Store, client: LLMClient, cfg: ExpandConfig, model: str,
-                     progress: bool = True) -> ExpandSummary:
-    """Expand every seed family not expanded yet (families whose seed has no CoT yet are skipped)."""
+                     progress: bool = True, check: ModelHandle | None = None) -> ExpandSummary:
+    """Expand every seed family not expanded yet (families whose seed has no CoT yet are skipped); `check`: the
+    model that cross-checks every new question's key (None: no cross-check)."""
     check_aspects(cfg)
     done = store.expanded_families()
     gens = {g.item_id: g for g in store.generations()}
@@ -328,11 +419,12 @@ async def run_expand(store: Store, client: LLMClient, cfg: ExpandConfig, model: 
     existing = ExistingItems.of(store.items())
 
     async def one(seed: Item) -> None:
-        result = await expand_family(client, seed, gens[seed.id], cfg, model, existing)
+        result = await expand_family(client, seed, gens[seed.id], cfg, model, existing, check)
         done_event = Event(kind="expansion_done", item_id=seed.id, stage="expand", actor="llm", actor_kind="llm",
                            payload={"factor": cfg.factor, "accepted": len(result.items),
                                     "rejected": sum(1 for c in result.candidates if c.check),
-                                    "facts_ok": result.facts_ok})
+                                    "facts_ok": result.facts_ok, "check_model": check.model if check else None,
+                                    "cross_check_disagreed": result.cross_check_disagreed})
         if store.save_expansion(result.items, result.events, [c for c in result.candidates if c.check], done_event):
             _count(summary, result)
 
@@ -343,6 +435,8 @@ async def run_expand(store: Store, client: LLMClient, cfg: ExpandConfig, model: 
 def _count(summary: ExpandSummary, result: FamilyResult) -> None:
     summary.families_expanded += 1
     summary.families_facts_unusable += not result.facts_ok
+    summary.cross_checked += result.cross_checked
+    summary.cross_check_disagreed += result.cross_check_disagreed
     for c in result.candidates:
         if c.slot >= 0:
             summary.candidates += 1
@@ -365,7 +459,9 @@ def funnel(store: Store) -> dict[str, Any]:
             "rejected_by_check": dict(sorted(by_check.items())),
             "near_duplicates_removed": by_check.get("near_duplicate", 0),
             "top_reasons": dict(reasons.most_common(8)),
-            "accepted_by_aspect": dict(sorted(Counter(it.aspect or "?" for it in expanded).items()))}
+            "accepted_by_aspect": dict(sorted(Counter(it.aspect or "?" for it in expanded).items())),
+            "cross_check_flagged": len(store.events(kind=CHECK_EVENT)),
+            "cross_check_rejected": by_check.get(CROSS_CHECK, 0)}
 
 
 def _reason_kind(reason: str) -> str:
@@ -380,7 +476,11 @@ def funnel_markdown(f: dict[str, Any], run: dict[str, Any]) -> str:
              f"| candidate questions generated | {f['candidates_generated']} |",
              f"| accepted (new items) | {f['accepted']} |"]
     lines += [f"| dropped by check `{k}` | {v} |" for k, v in f["rejected_by_check"].items()]
-    lines += [f"| near-duplicates removed | {f['near_duplicates_removed']} |", ""]
+    lines += [f"| near-duplicates removed | {f['near_duplicates_removed']} |"]
+    if f["cross_check_flagged"] or f["cross_check_rejected"] or run.get("check_model"):
+        lines += [f"| kept, flagged by the cross-check (`{CHECK_EVENT}` events) | {f['cross_check_flagged']} |",
+                  f"| rejected by the cross-check | {f['cross_check_rejected']} |"]
+    lines += [""]
     if f["top_reasons"]:
         lines += ["Most frequent reasons:", ""] + [f"- {k}: {v}" for k, v in f["top_reasons"].items()] + [""]
     if f["accepted_by_aspect"]:
@@ -388,6 +488,9 @@ def funnel_markdown(f: dict[str, Any], run: dict[str, Any]) -> str:
     lines += [f"This run: {run['families_expanded']} families expanded ({run['families_done_before']} done before, "
               f"{run['families_without_cot']} without a CoT yet), {run['candidates']} candidates, "
               f"{run['accepted']} accepted."]
+    if run.get("check_model"):
+        lines += ["", f"Cross-check by `{run['check_model']}` ({run['check_action']}): {run['cross_checked']} new "
+                  f"questions answered, {run['cross_check_disagreed']} not with their key (or not at all)."]
     if run.get("cot"):
         cot = run["cot"]
         lines += ["", f"CoT for new items: {cot['generated']} generated ({cot['agree_with_key']} agree with the key, "
@@ -397,12 +500,16 @@ def funnel_markdown(f: dict[str, Any], run: dict[str, Any]) -> str:
 
 @stage("expand", needs_llm=True)
 async def _expand_stage(ctx: RunContext) -> dict[str, Any]:
-    assert ctx.client is not None
-    summary = await run_expand(ctx.store, ctx.client, ctx.cfg.expand, ctx.cfg.llm.model, ctx.progress)
-    out: dict[str, Any] = asdict(summary)
-    if ctx.cfg.expand.generate_cot:
-        out["cot"] = summary_dict(await run_generate(ctx.store, ctx.client, ctx.cfg.generate, ctx.cfg.llm.model,
-                                                     ctx.progress))
+    m = ctx.model(ctx.cfg.expand.model)
+    cfg = m.tuned(ctx.cfg.expand, "facts_sampling", "questions_sampling")
+    check = ctx.model(cfg.check_model) if cfg.check_model else None
+    summary = await run_expand(ctx.store, m.client, cfg, m.model, ctx.progress, check=check)
+    out: dict[str, Any] = {**asdict(summary), "model": m.label, "check_model": check.label if check else None,
+                           "check_action": cfg.check_action}
+    if cfg.generate_cot:
+        g = ctx.model(ctx.cfg.generate.model)
+        out["cot"] = summary_dict(await run_generate(ctx.store, g.client, g.tuned(ctx.cfg.generate, "sampling"),
+                                                     g.model, ctx.progress))
     out["funnel"] = funnel(ctx.store)
     out["markdown"] = funnel_markdown(out["funnel"], out)
     return out

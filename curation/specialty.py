@@ -190,8 +190,9 @@ def specialty_markdown(counts: dict[str, int], run: SpecialtySummary, tax: Taxon
 
 @stage("specialty", needs_llm=True)
 async def _specialty_stage(ctx: RunContext) -> dict[str, Any]:
-    cfg = ctx.cfg.specialty
-    run = await run_specialty(ctx.store, ctx.client, cfg, ctx.cfg.llm.model, ctx.progress)
+    m = ctx.model(ctx.cfg.specialty.model)
+    cfg = m.tuned(ctx.cfg.specialty, "sampling")
+    run = await run_specialty(ctx.store, m.client, cfg, m.model, ctx.progress)
     tax = load_taxonomy(cfg.taxonomy)
     counts = specialty_counts(ctx.store)
     return {"run": asdict(run), "counts": counts, "markdown": specialty_markdown(counts, run, tax)}

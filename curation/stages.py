@@ -23,6 +23,6 @@ async def seeds_stage(ctx: RunContext) -> dict[str, Any]:
 @stage("generate", needs_llm=True)
 async def generate_stage(ctx: RunContext) -> dict[str, Any]:
     from curation.generate import run_generate, summary_dict
-    assert ctx.client is not None
-    summary = await run_generate(ctx.store, ctx.client, ctx.cfg.generate, ctx.cfg.llm.model, ctx.progress)
-    return summary_dict(summary)
+    m = ctx.model(ctx.cfg.generate.model)
+    summary = await run_generate(ctx.store, m.client, m.tuned(ctx.cfg.generate, "sampling"), m.model, ctx.progress)
+    return {**summary_dict(summary), "model": m.label}

@@ -13,6 +13,10 @@ and is NEVER a strike (long thinking must not send items to the panel). An item 
 truncated attempts in a round is held: neither passed nor escalated, reported as such, and left alone by
 reruns (raise strikes.sampling.max_tokens and strikes.max_truncated to try it again).
 
+Several answerers (`strikes.models`): attempt k is answered by models[(k-1) % len] (each its own client, model id
+and sampling), so a question one model keeps failing gets other models' attempts before it reaches the panel.
+The model of each stored attempt is the one of its call (the calls table), counted per model in the report.
+
 Every attempt is stored; the attempt that resolves an item is stored in ONE transaction with the item's
 stage change ("strikes_passed" or "escalated") and its event. Resumable: stored attempts are never redone,
 and the client's cache makes a repeated request free.
@@ -22,14 +26,18 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sqlalchemy import select
 from tqdm.auto import tqdm
 
-from medcot.config import StrikesConfig
+from medcot.config import DEFAULT_MODEL, StrikesConfig
+from medcot.db import AttemptRow, CallRow
 from medcot.extract import EXTRACTOR_VERSION, extract_answer
 from medcot.llm import LLMClient, gather_all, sampling_params
+from medcot.models import ModelHandle
 from medcot.pipeline import RunContext, stage
 from medcot.prompts import format_options, load_prompt
 from medcot.records import LETTERS, Attempt, ChatRequest, Event, Item
@@ -126,9 +134,16 @@ def resolution(att: Attempt, history: list[Attempt], cfg: StrikesConfig) -> tupl
                        payload=payload)
 
 
+def answerer(rotation: Sequence[ModelHandle], attempt_no: int) -> ModelHandle:
+    """The model that answers attempt `attempt_no` (1-based): rotation[(attempt_no - 1) % len(rotation)]."""
+    return rotation[(attempt_no - 1) % len(rotation)]
+
+
 async def run_strikes(store: Store, client: LLMClient, cfg: StrikesConfig, model: str,
-                      progress: bool = True) -> StrikesSummary:
-    """Waves of attempts over every eligible item until each passed or used up its attempts."""
+                      progress: bool = True, rotation: Sequence[ModelHandle] = ()) -> StrikesSummary:
+    """Waves of attempts over every eligible item until each passed or used up its attempts. `rotation`: the
+    answerer models rotated over the attempts; empty: (client, model) answers every attempt."""
+    answerers = list(rotation) or [ModelHandle(DEFAULT_MODEL, model, client)]
     history: dict[str, list[Attempt]] = defaultdict(list)
     for a in store.attempts(cfg.round):
         history[a.item_id].append(a)
@@ -144,7 +159,8 @@ async def run_strikes(store: Store, client: LLMClient, cfg: StrikesConfig, model
 
     async def one(item: Item) -> None:
         past = history[item.id]
-        att = await attempt_one(client, item, len(past) + 1, item_cfg[item.id], model)
+        m = answerer(answerers, len(past) + 1)
+        att = await attempt_one(m.client, item, len(past) + 1, m.tuned(item_cfg[item.id], "sampling"), m.model)
         new_stage, event = resolution(att, past, cfg)
         if not store.save_attempt(att, new_stage, event):
             summary.already_stored += 1
@@ -240,6 +256,62 @@ def strikes_stats(attempts: list[Attempt], max_attempts: int = 5) -> StrikesStat
     return st
 
 
+@dataclass
+class ModelStrikeStats:
+    """One answerer model's attempts: right, wrong letter, no answer (both strikes), truncated (never a strike)."""
+
+    attempts: int = 0
+    right: int = 0
+    wrong: int = 0
+    no_answer: int = 0
+    truncated: int = 0
+    strikes: int = 0
+    accuracy: float | None = None  # right / (right + wrong + no answer)
+
+    def add(self, letter: str | None, correct: bool, matched_by: str) -> None:
+        self.attempts += 1
+        if matched_by == TRUNCATED:
+            self.truncated += 1
+        elif correct:
+            self.right += 1
+        elif letter is None:
+            self.no_answer += 1
+        else:
+            self.wrong += 1
+        self.strikes = self.wrong + self.no_answer
+        answered = self.attempts - self.truncated
+        self.accuracy = round(self.right / answered, 4) if answered else None
+
+
+NO_CALL = "(no call recorded)"
+
+
+def strikes_by_model(store: Store, round: int | None = 0) -> dict[str, ModelStrikeStats]:
+    """Model id (of each attempt's stored call) -> its attempts, of one round (None: every round)."""
+    query = (select(CallRow.model, AttemptRow.letter, AttemptRow.correct, AttemptRow.matched_by)
+             .outerjoin(CallRow, CallRow.id == AttemptRow.call_id))
+    if round is not None:
+        query = query.where(AttemptRow.round == round)
+    out: dict[str, ModelStrikeStats] = defaultdict(ModelStrikeStats)
+    with store.engine.connect() as conn:
+        for model, letter, correct, matched_by in conn.execute(query):
+            out[model if model is not None else NO_CALL].add(letter, bool(correct), matched_by)
+    return dict(sorted(out.items()))
+
+
+def by_model_markdown(by_model: dict[str, ModelStrikeStats], names: dict[str, str]) -> list[str]:
+    """The per-model table; `names`: model id -> its config name."""
+    lines = ["", "Per answerer model (this round):", "",
+             "| model | attempts | right | wrong | no answer | truncated | strikes | accuracy |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for model, m in by_model.items():
+        name = f"{names[model]} (`{model}`)" if model in names else f"`{model}`"
+        acc = "n/a" if m.accuracy is None else f"{100 * m.accuracy:.1f} %"
+        lines.append(f"| {name} | {m.attempts} | {m.right} | {m.wrong} | {m.no_answer} | {m.truncated} | "
+                     f"{m.strikes} | {acc} |")
+    return lines + ["", "(accuracy: right / (right + wrong + no answer); truncated replies are never strikes)"]
+
+
 def strikes_markdown(st: StrikesStats, run: StrikesSummary, max_attempts: int) -> str:
     lines = [f"Five-strike re-answering (whole store, this round): {st.items} items, {st.attempts} attempts.", "",
              "| first correct at attempt | items |", "|---|---|"]
@@ -266,8 +338,14 @@ def strikes_markdown(st: StrikesStats, run: StrikesSummary, max_attempts: int) -
 @stage("strikes", needs_llm=True)
 async def _strikes_stage(ctx: RunContext) -> dict[str, Any]:
     from dataclasses import asdict
-    assert ctx.client is not None
     cfg = ctx.cfg.strikes
-    run = await run_strikes(ctx.store, ctx.client, cfg, ctx.cfg.llm.model, ctx.progress)
+    rotation = [ctx.model(name) for name in cfg.models or [DEFAULT_MODEL]]
+    first = rotation[0]
+    run = await run_strikes(ctx.store, first.client, cfg, first.model, ctx.progress, rotation=rotation)
     st = strikes_stats(ctx.store.attempts(cfg.round), cfg.max_attempts)
-    return {"run": asdict(run), "stats": asdict(st), "markdown": strikes_markdown(st, run, cfg.max_attempts)}
+    by_model = strikes_by_model(ctx.store, cfg.round)
+    md = strikes_markdown(st, run, cfg.max_attempts)
+    if len(by_model) > 1 or len({m.name for m in rotation}) > 1:
+        md += "\n" + "\n".join(by_model_markdown(by_model, {m.model: m.name for m in ctx.models.values()}))
+    return {"run": asdict(run), "stats": asdict(st), "models": [m.name for m in rotation],
+            "by_model": {k: asdict(v) for k, v in by_model.items()}, "markdown": md}

@@ -22,7 +22,7 @@ from typing import Any
 
 from dataset_builder import figures
 from dataset_builder.agreement_stats import compute_agreement
-from dataset_builder.card import CardInputs, pick_example, render_card, scored_split
+from dataset_builder.card import CardInputs, expert_minutes, pick_example, render_card, scored_split, strike_models
 from dataset_builder.features import CONFIGS, LETTERS, SPLITS, ReleaseRow
 from dataset_builder.integrity import ReleaseIntegrityError, check_release
 from dataset_builder.lmeval import write_task_folder
@@ -162,7 +162,8 @@ def _build(store: Store, cfg: BuildConfig, out_dir: str | Path, review: ReviewCo
             written, figs = _write_data(tmp, cfg, split_rows, rated_items(snap, maker))
             pairs = pending.result()
             near = _near_counts(split_rows, pairs)
-            files = _write_card(tmp, cfg, split_rows, written, figs, stats, agree, near, pairs, snap)
+            files = _write_card(tmp, cfg, split_rows, written, figs, stats, agree, near, pairs, snap,
+                                strike_models(store), expert_minutes(store))
             files += write_version_files(tmp, index, diff, previous)
             if (out / PUSH_RECORD).is_file():  # what the last push of this folder uploaded (for its deletions)
                 shutil.copy2(out / PUSH_RECORD, tmp / PUSH_RECORD)
@@ -232,7 +233,8 @@ def _write_data(root: Path, cfg: BuildConfig, split_rows: SplitRows, rated: list
 
 def _write_card(root: Path, cfg: BuildConfig, split_rows: SplitRows, written: dict[str, list[SplitFiles]],
                 figs: dict[str, str], stats: ReleaseStats, agree: dict[str, Any], near: dict[str, dict[str, int]],
-                pairs: list[NearDuplicate], snap: Snapshot) -> list[str]:
+                pairs: list[NearDuplicate], snap: Snapshot, by_model: dict[str, Any],
+                minutes: dict[str, float]) -> list[str]:
     """README.md and release_stats.json; returns every file of the release."""
     validated = [r for s in SPLITS for r in split_rows["validated"][s]]
     card = render_card(CardInputs(
@@ -243,7 +245,8 @@ def _write_card(root: Path, cfg: BuildConfig, split_rows: SplitRows, written: di
         automated_in_validated=any(r.validation == "automated" for r in validated),
         figures=figs, stats=stats, agreement=agree, near_dups=near, total_items=len(snap.items),
         rated_items=len(snap.rubric), version=cfg.version, example=pick_example(split_rows),
-        scored=scored_split(written),
+        scored=scored_split(written), strike_models=by_model,
+        expert_minutes=[minutes[r.id] for r in validated if r.validation == "expert" and r.id in minutes],
         standard_versions=tuple(sorted({r.standard_version for rows in snap.rubric.values() for r in rows
                                         if r.standard_version}))))
     (root / "README.md").write_text(card, encoding="utf-8")

@@ -3,7 +3,8 @@ features) and a body rendered from `card.md.j2`. No timestamps: identical inputs
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,14 @@ import jinja2
 from huggingface_hub import DatasetCardData
 
 from curation.review.invariant import INVARIANT
+from curation.review.timing import validated_item_minutes
+from curation.strikes import ModelStrikeStats, strikes_by_model
 from dataset_builder.features import COLUMN_HELP, CONFIGS, LETTERS, SPLITS, VALIDATION_NOTES
 from dataset_builder.lmeval import EXTRACTOR_FILE
 from dataset_builder.splits import SPLIT_RULE
 from dataset_builder.writer import SplitFiles, configs_yaml, dataset_infos
 from medcot.neardup import RULE_SUMMARY as NEARDUP_RULE
+from medcot.store import Store
 
 TEMPLATE = Path(__file__).with_name("card.md.j2")
 CONFIG_WHAT = {
@@ -47,6 +51,19 @@ class CardInputs:
     standard_versions: tuple[str, ...] = ()  # annotation standard versions of the scores
     example: Example | None = None         # one released row, shown on the card
     scored: tuple[str, str] | None = None  # (config, split) the accuracy snippet evaluates
+    strike_models: dict[str, ModelStrikeStats] = field(default_factory=dict)  # answerer model id -> attempts
+    expert_minutes: list[float] = field(default_factory=list)  # active expert minutes per timed validated row
+
+
+def expert_minutes(store: Store) -> dict[str, float]:
+    """item -> active human minutes spent on it in the review app (curation/review/timing.py)."""
+    with store.engine.connect() as conn:
+        return validated_item_minutes(conn)
+
+
+def strike_models(store: Store) -> dict[str, ModelStrikeStats]:
+    """Five-strike attempts per answerer model (the model of each attempt's call), every round."""
+    return strikes_by_model(store, round=None)
 
 
 @dataclass(frozen=True)
@@ -153,11 +170,20 @@ def render_card(inp: CardInputs) -> str:
         first_correct=st.first_correct, rejected_by_check=st.rejected_by_check, top_reasons=st.top_rejection_reasons,
         excluded=st.excluded, absent=st.absent, specialty_figure=inp.figures.get("specialty"),
         rubric_figure=inp.figures.get("rubric"), specialties=st.specialties, reviewer_kinds=st.reviewer_kinds,
-        judgements_by_kind=st.judgements_by_kind, decisions=st.decisions, agreement=inp.agreement, fmt=_fmt,
+        judgements_by_kind=st.judgements_by_kind, expert_time=_expert_time(inp.expert_minutes), decisions=st.decisions, agreement=inp.agreement, fmt=_fmt,
         near_dup_rule=NEARDUP_RULE, split_rule=SPLIT_RULE, near_dups=inp.near_dups, sources=st.sources, columns=COLUMN_HELP,
         invariant=INVARIANT, ci=_ci, rated_items=inp.rated_items, standard_versions=list(inp.standard_versions),
-        version=inp.version, example=inp.example, scored=inp.scored, extractor_file=EXTRACTOR_FILE)
+        version=inp.version, example=inp.example, scored=inp.scored, extractor_file=EXTRACTOR_FILE,
+        strike_models=inp.strike_models if len(inp.strike_models) > 1 else {})
     return f"---\n{card_yaml(inp)}\n---\n\n{body}"
+
+
+def _expert_time(minutes: list[float]) -> dict[str, Any] | None:
+    if not minutes:
+        return None
+    ordered = sorted(minutes)
+    return {"n_items": len(ordered), "median": round(statistics.median(ordered), 1),
+            "p90": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 1), "total_hours": round(sum(ordered) / 60, 1)}
 
 
 def _fmt(x: float | None) -> str:

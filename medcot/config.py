@@ -6,6 +6,7 @@ ${VAR:-default}, expanded from the environment (so caches and secrets stay out o
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import typing
@@ -46,6 +47,31 @@ class ServerConfig:
     log_file: str = ""
 
 
+DEFAULT_MODEL = "default"  # the name of the model `llm.endpoints` + `llm.model` define (a stage's '' means it too)
+
+
+@dataclass
+class ModelSampling:
+    """A model's own sampling, applied over the sampling of every stage it serves (None: the stage's value).
+    max_tokens stays per stage (it sizes the answer the stage needs)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+
+
+@dataclass
+class ModelConfig:
+    """One more model (`llm.models.NAME`): its own OpenAI-compatible server(s) and model id. The connection
+    settings it does not name (timeouts, retries, backoff, strategy) are llm's."""
+
+    model: str = field(default="", metadata={"help": "the model id its server serves (required; the cache keys on it)"})
+    endpoints: list[str] = field(default_factory=list, metadata={"help": "its base URLs (required), e.g. http://h:8000/v1"})
+    api_key_env: str = field(default="", metadata={"help": "env var holding its API key; '' = llm.api_key_env"})
+    concurrency: int | None = field(default=None, metadata={"help": "requests in flight; None = llm.concurrency"})
+    system_prompt: str = field(default="", metadata={"help": "keep | merge; '' = llm.system_prompt"})
+    sampling: ModelSampling = field(default_factory=ModelSampling)
+
+
 @dataclass
 class LLMConfig:
     endpoints: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8011/v1"])
@@ -61,6 +87,9 @@ class LLMConfig:
     system_prompt: str = field(default="keep", metadata={
         "help": "keep | merge: merge moves the system message's instructions into the first user turn "
                 "(DeepSeek advises no system prompt for R1 and other reasoning models)"})
+    models: dict[str, ModelConfig] = field(default_factory=dict, metadata={
+        "help": "more models by name (each its endpoints and model id); stages name them (generate.model, "
+                "strikes.models ...); the model above is called 'default'"})
 
     def __post_init__(self) -> None:
         if self.strategy not in ("least-busy", "round-robin"):
@@ -69,6 +98,48 @@ class LLMConfig:
             raise ConfigError(f"llm.system_prompt must be keep or merge, not {self.system_prompt!r}")
         if self.concurrency < 1:
             raise ConfigError("llm.concurrency must be >= 1")
+        for name, m in self.models.items():
+            _check_model(name, m)
+        self.check_distinct_ids()
+
+    def check_distinct_ids(self) -> None:
+        """Two models with one model id would share cache entries (the cache keys on the id): refused. Called
+        again once a managed server has named the default model."""
+        seen: dict[str, str] = {self.model: DEFAULT_MODEL} if self.model else {}
+        for name, m in self.models.items():
+            if m.model in seen:
+                raise ConfigError(f"llm.models.{name}.model: {m.model!r} is also the id of model '{seen[m.model]}' "
+                                  f"(each model needs its own id: the response cache keys on it)")
+            seen[m.model] = name
+
+    def model_names(self) -> list[str]:
+        return [DEFAULT_MODEL, *self.models]
+
+    def for_model(self, name: str) -> LLMConfig:
+        """The client settings of one model: 'default' (or '') is this section itself, others override it."""
+        if name in ("", DEFAULT_MODEL):
+            return dataclasses.replace(self, models={})
+        if name not in self.models:
+            raise ConfigError(f"unknown model {name!r} (llm.models: {', '.join(self.models) or 'none'})")
+        m = self.models[name]
+        return dataclasses.replace(self, endpoints=list(m.endpoints), model=m.model,
+                                   api_key_env=m.api_key_env or self.api_key_env,
+                                   concurrency=m.concurrency or self.concurrency,
+                                   system_prompt=m.system_prompt or self.system_prompt, models={})
+
+
+def _check_model(name: str, m: ModelConfig) -> None:
+    where = f"llm.models.{name}"
+    if not name or name == DEFAULT_MODEL:
+        raise ConfigError(f"llm.models: {name!r} is not a model name ('{DEFAULT_MODEL}' is llm.model itself)")
+    if not m.model:
+        raise ConfigError(f"{where}.model: required (the model id its server serves)")
+    if not m.endpoints or not all(m.endpoints):
+        raise ConfigError(f"{where}.endpoints: required (its OpenAI-compatible base URLs)")
+    if m.system_prompt not in ("", "keep", "merge"):
+        raise ConfigError(f"{where}.system_prompt must be keep, merge or '' (llm's), not {m.system_prompt!r}")
+    if m.concurrency is not None and m.concurrency < 1:
+        raise ConfigError(f"{where}.concurrency must be >= 1")
 
 
 @dataclass
@@ -83,6 +154,7 @@ class SamplingConfig:
 class GenerateConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     prompt: str = "cot"
+    model: str = field(default="", metadata={"help": "the model that writes CoTs (an llm.models name; '' = default)"})
     limit: int | None = field(default=None, metadata={"help": "generate for at most N items (None = all)"})
 
 
@@ -130,6 +202,12 @@ class StrikeSampling(SamplingConfig):
 
 
 @dataclass
+class CheckSampling(SamplingConfig):
+    temperature: float = 0.6
+    max_tokens: int = 8192
+
+
+@dataclass
 class ExpandConfig:
     factor: int = field(default=9, metadata={"help": "new questions per seed (9 -> a family of 10)"})
     aspects: list[str] = field(default_factory=lambda: list(EXPAND_ASPECTS),
@@ -141,10 +219,21 @@ class ExpandConfig:
     max_facts: int = field(default=8, metadata={"help": "at most this many key facts (and steps) per seed"})
     generate_cot: bool = field(default=True, metadata={"help": "answer accepted items with a CoT right away"})
     limit: int | None = field(default=None, metadata={"help": "expand at most N families (None = all)"})
+    model: str = field(default="", metadata={"help": "the model that writes facts and questions ('' = default)"})
+    check_model: str = field(default="", metadata={
+        "help": "a second model that answers every new question to cross-check its key ('' = no cross-check; "
+                "'default' = llm.model)"})
+    check_prompt: str = field(default="strike_direct", metadata={"help": "the answerer prompt of the cross-check"})
+    check_sampling: CheckSampling = field(default_factory=CheckSampling)
+    check_action: str = field(default="flag", metadata={
+        "help": "flag | reject: a question whose cross-check answer differs from its key (or is no answer) is kept "
+                "with an `expand_check` event (flag), or stored as a rejected candidate, check `cross_check`"})
 
     def __post_init__(self) -> None:
         if self.factor < 1:
             raise ConfigError("expand.factor must be >= 1")
+        if self.check_action not in ("flag", "reject"):
+            raise ConfigError(f"expand.check_action must be flag or reject, not {self.check_action!r}")
         if not self.aspects or len(set(self.aspects)) != len(self.aspects):
             raise ConfigError("expand.aspects must be a non-empty list without repeats")
         if self.max_facts < 1:
@@ -157,6 +246,7 @@ class SpecialtyConfig:
     prompt: str = "specialty"
     use_subject_map: bool = field(default=True, metadata={"help": "seeds with a mapped source subject skip the LLM"})
     sampling: SpecialtySampling = field(default_factory=SpecialtySampling)
+    model: str = field(default="", metadata={"help": "the model that classifies ('' = default)"})
 
     def __post_init__(self) -> None:
         if self.sampling.max_tokens < 8:
@@ -179,6 +269,8 @@ class StrikesConfig:
         "help": "a reply cut at max_tokens is retried once with max_tokens x this (1 = no retry); never a strike"})
     max_truncated: int = field(default=2, metadata={
         "help": "truncated attempts of one item in one run before it is held (not escalated) until a rerun"})
+    models: list[str] = field(default_factory=list, metadata={
+        "help": "answerer models rotated over the attempts: attempt k uses models[(k-1) % len] ([] = default)"})
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_attempts <= 20:
@@ -265,6 +357,23 @@ class RubricPolicyConfig:
 
 
 @dataclass
+class RoutingConfig:
+    """Which reviewers an item goes to (paper 2.3: subject-matter experts), from `medcot review user set-profile`."""
+
+    languages: bool = field(default=True, metadata={
+        "help": "only reviewers whose profile languages include the item's language (no languages = reads all)"})
+    specialties: bool = field(default=False, metadata={
+        "help": "only reviewers whose profile specialties include the item's specialty (no specialties = any)"})
+    fallback: str = field(default="any", metadata={
+        "help": "any: when nobody fits, assign among all eligible reviewers (warned, logged as routing_fallback); "
+                "wait: leave the item short (reported as a shortfall) until someone who fits is added"})
+
+    def __post_init__(self) -> None:
+        if self.fallback not in ("any", "wait"):
+            raise ConfigError(f"review.routing.fallback must be any or wait, not {self.fallback!r}")
+
+
+@dataclass
 class ReviewConfig:
     """Expert review (paper 2.3): assignment, the web app, panel, consensus, the automated stand-in."""
 
@@ -275,8 +384,16 @@ class ReviewConfig:
                                 metadata={"help": "env var holding the session-signing key (required to serve)"})
     session_max_age_s: int = 8 * 3600
     cookie_secure: bool = field(default=False, metadata={"help": "mark cookies Secure (set behind HTTPS)"})
-    login_max_failures: int = 5
-    login_window_s: int = 900
+    login_max_failures: int = field(default=5, metadata={
+        "help": "failed logins per (account, client address) before each further attempt must wait (backoff)"})
+    login_window_s: int = field(default=900, metadata={"help": "failures older than this are forgotten"})
+    login_backoff_s: float = field(default=2.0, metadata={
+        "help": "first wait after login_max_failures; doubles with every further failure, capped at login_window_s"})
+    trusted_proxies: list[str] = field(default_factory=list, metadata={
+        "help": "addresses/CIDRs of reverse proxies whose X-Forwarded-For names the client (default: none)"})
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    max_active_minutes: float = field(default=20.0, metadata={
+        "help": "expert time of one submission is page served -> submit, capped at this (longer = idle)"})
     automated: str = field(default="none", metadata={
         "help": "none | llm: LLM judges stand in for the review and panel steps (demo only; never expert-validated)"})
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -304,6 +421,13 @@ class ReviewConfig:
                               "review.panel.panelists_per_item: no item could ever be approved")
         if not 0 <= self.port <= 65535:
             raise ConfigError("review.port must be 0..65535")
+        if self.max_active_minutes <= 0:
+            raise ConfigError("review.max_active_minutes must be > 0")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"review.trusted_proxies: {proxy!r} is not an IP address or CIDR") from exc
 
 
 @dataclass
@@ -375,6 +499,21 @@ class Config:
     eval: EvalStageConfig = field(default_factory=EvalStageConfig)
     source: str = field(default="", metadata={"help": "the YAML file this came from"})
 
+    def __post_init__(self) -> None:
+        known = self.llm.model_names()
+        for where, name in stage_models(self).items():
+            if name and name not in known:
+                raise ConfigError(f"{where}: unknown model {name!r} (models: {', '.join(known)}; "
+                                  f"'{DEFAULT_MODEL}' is llm.model, define others under llm.models)")
+
+
+def stage_models(cfg: Config) -> dict[str, str]:
+    """Every stage field that names a model -> the name ('' = the default model; for expand.check_model: none)."""
+    out = {"generate.model": cfg.generate.model, "expand.model": cfg.expand.model,
+           "expand.check_model": cfg.expand.check_model, "specialty.model": cfg.specialty.model}
+    out.update({f"strikes.models[{i}]": name for i, name in enumerate(cfg.strikes.models)})
+    return out
+
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -425,6 +564,9 @@ def _coerce(tp: Any, value: Any, where: str, origin: str) -> Any:
     if origin_type is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{origin}: '{where}' must be a mapping")
+        item_type = (typing.get_args(base) or (str, Any))[1]
+        if dataclasses.is_dataclass(item_type):  # e.g. llm.models: name -> ModelConfig
+            return {str(k): _build(item_type, v, _join(where, str(k)), origin) for k, v in value.items()}
         return {str(k): expand_vars(v) if isinstance(v, str) else v for k, v in value.items()}
     if origin_type is bool and not isinstance(value, bool):
         raise ConfigError(f"{origin}: '{where}' must be true or false, got {value!r}")

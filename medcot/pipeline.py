@@ -12,8 +12,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from medcot.config import Config, ConfigError
+from medcot.config import DEFAULT_MODEL, Config, ConfigError, ModelSampling
 from medcot.llm import LLMClient
+from medcot.models import ModelHandle
 from medcot.store import Store
 
 
@@ -23,12 +24,20 @@ class RunContext:
     store: Store
     out_dir: Path
     progress: bool = True
-    client: LLMClient | None = None
+    client: LLMClient | None = None  # the default model's client (set with `models`)
+    models: dict[str, ModelHandle] = field(default_factory=dict)  # every configured model, by name
     sections: dict[str, Any] = field(default_factory=dict)  # stage -> summary for the report
     timings: dict[str, float] = field(default_factory=dict)
     server: dict[str, Any] = field(default_factory=dict)  # the managed server's settings and why
     skipped: list[str] = field(default_factory=list)  # lines saying what was skipped and why
     failed_stage: str | None = None
+
+    def model(self, name: str = "") -> ModelHandle:
+        """The model a stage names ('' = the default model); the clients exist once an LLM stage runs."""
+        key = name or DEFAULT_MODEL
+        if key not in self.models:
+            raise ConfigError(f"unknown model {key!r} (models: {', '.join(self.models) or 'none opened yet'})")
+        return self.models[key]
 
 
 StageFn = Callable[[RunContext], Awaitable[Any]]
@@ -67,6 +76,7 @@ class LazyServer:
         self.server = VLLMServer(cfg.server, log_path=cfg.server.log_file or log_dir / "vllm.log")
         cfg.llm.endpoints = [self.server.base_url]
         cfg.llm.model = self.server.model_name
+        cfg.llm.check_distinct_ids()  # the served name must not be another model's id
         self.started = False
         choice = self.server.cpu_choice
         self.settings = {"dtype": self.server.cfg.dtype, "model": self.server.model_name}
@@ -90,9 +100,7 @@ async def _run_stages(ctx: RunContext, names: list[str], server: LazyServer | No
         for name in names:
             fn, needs_llm = STAGES[name]
             if needs_llm and ctx.client is None:
-                ctx.client = await stack.enter_async_context(LLMClient(ctx.cfg.llm, ctx.store))
-                if server is not None:
-                    ctx.client.before_first_request = server.start
+                await _open_models(ctx, stack, server)
             start = time.perf_counter()
             print(f"== stage {name}", flush=True)
             try:
@@ -102,6 +110,20 @@ async def _run_stages(ctx: RunContext, names: list[str], server: LazyServer | No
                 exc.add_note(f"(in stage `{name}`)")
                 raise
             ctx.timings[name] = round(time.perf_counter() - start, 2)
+
+
+async def _open_models(ctx: RunContext, stack: contextlib.AsyncExitStack, server: LazyServer | None) -> None:
+    """One client per configured model; the managed server (if any) serves the default model only."""
+    llm = ctx.cfg.llm
+    ctx.models = {}
+    for name in llm.model_names():
+        mcfg = llm.for_model(name)
+        client = await stack.enter_async_context(LLMClient(mcfg, ctx.store))
+        sampling = llm.models[name].sampling if name in llm.models else ModelSampling()
+        ctx.models[name] = ModelHandle(name, mcfg.model, client, sampling)
+    ctx.client = ctx.models[DEFAULT_MODEL].client
+    if server is not None:
+        ctx.client.before_first_request = server.start
 
 
 def run_pipeline(cfg: Config, progress: bool = True) -> dict[str, Any]:
@@ -127,12 +149,28 @@ def run_pipeline(cfg: Config, progress: bool = True) -> dict[str, Any]:
 
 
 def build_report(ctx: RunContext, seconds: float) -> dict[str, Any]:
-    stats = ctx.client.stats.as_dict() if ctx.client else {"requests": 0, "cache_hits": 0}
+    by_model = {name: {"model": m.model, **m.client.stats.as_dict()} for name, m in ctx.models.items()}
+    stats = _total_stats(list(by_model.values())) if by_model else {"requests": 0, "cache_hits": 0}
     return {"config": ctx.cfg.source, "store": ctx.store.url, "seconds": round(seconds, 2),
             "stage_seconds": ctx.timings, "items": ctx.store.count_items(), "stages": ctx.store.stage_counts(),
-            "llm": stats, "stored_calls": ctx.store.call_totals(), "sections": ctx.sections,
+            "llm": stats, "llm_by_model": by_model, "stored_calls": ctx.store.call_totals(), "sections": ctx.sections,
             "server": ctx.server, "skipped": ctx.skipped, "failed_stage": ctx.failed_stage,
             "completed": list(ctx.sections)}
+
+
+def _total_stats(per_model: list[dict[str, Any]]) -> dict[str, Any]:
+    """The clients' statistics summed (numbers, and per stage)."""
+    total: dict[str, Any] = {"by_stage": {}}
+    for stats in per_model:
+        for key, value in stats.items():
+            if key == "by_stage":
+                for st, counts in value.items():
+                    into = total["by_stage"].setdefault(st, {})
+                    for k, v in counts.items():
+                        into[k] = into.get(k, 0) + v
+            elif isinstance(value, (int, float)):
+                total[key] = round(total.get(key, 0) + value, 3)
+    return total
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> Path:

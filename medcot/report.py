@@ -31,6 +31,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines += _table([("HTTP requests made", llm.get("requests", 0)), ("cache hits (no request)", llm.get("cache_hits", 0)),
                      ("retries", llm.get("retries", 0)), ("prompt tokens", llm.get("prompt_tokens", 0)),
                      ("completion tokens", llm.get("completion_tokens", 0))], ("measure", "value"))
+    lines += _by_model(r.get("llm_by_model") or {})
     total = r.get("stored_calls", {})
     lines += [f"All calls recorded in the store so far: {total.get('calls', 0)} "
               f"({total.get('prompt_tokens', 0)} prompt + {total.get('completion_tokens', 0)} completion tokens).", ""]
@@ -40,6 +41,20 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines += [f"## Stage `{name}` ({r.get('stage_seconds', {}).get(name, '?')} s)", ""]
         lines += _section(section)
     return "\n".join(lines) + "\n"
+
+
+def _by_model(by_model: dict[str, dict[str, Any]]) -> list[str]:
+    """Usage per model, when more than one model was asked anything this run."""
+    used = {name: s for name, s in by_model.items() if s.get("requests", 0) or s.get("cache_hits", 0)}
+    if len(used) < 2:
+        return []
+    lines = ["LLM usage by model (this run):", "", "| model | id | requests | cache hits | retries | "
+             "prompt tokens | completion tokens | stages |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for name, s in used.items():
+        lines.append(f"| {name} | `{s.get('model')}` | {s.get('requests', 0)} | {s.get('cache_hits', 0)} | "
+                     f"{s.get('retries', 0)} | {s.get('prompt_tokens', 0)} | {s.get('completion_tokens', 0)} | "
+                     f"{', '.join(sorted(s.get('by_stage') or {}))} |")
+    return lines + [""]
 
 
 def _section(section: Any) -> list[str]:

@@ -44,6 +44,32 @@ class UserRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class ReviewerProfileRow(Base):
+    """What a reviewer can review (routing): languages (item language codes) and specialties (taxonomy names).
+    Empty lists mean "any". A table of its own, so that stores created before profiles existed gain it."""
+
+    __tablename__ = "reviewer_profiles"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    languages: Mapped[list[str]] = mapped_column(JSON, default=list)
+    specialties: Mapped[list[str]] = mapped_column(JSON, default=list)
+    ui_language: Mapped[str | None] = mapped_column(String(8), nullable=True)  # the interface's (en | zh)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class ReviewTimeRow(Base):
+    """Active expert time of one submission (review, panel score, adjudication): from the latest time the page was
+    served to that person to the submit, capped (review.max_active_minutes: a page left open overnight is idle)."""
+
+    __tablename__ = "review_times"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    phase: Mapped[str] = mapped_column(String(20))  # PHASES
+    seconds: Mapped[float] = mapped_column(Float)
+    capped: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class SessionRow(Base):
     """A logged-in session of the review app (server side): logout or an admin revokes it at once."""
 

@@ -48,3 +48,18 @@ def page_form(html: str) -> dict[str, str]:
     if 'name="revision"' in html:
         out["revision"] = hidden(html, "revision")
     return out
+
+
+def run_consensus_job(client: Any, csrf: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """POST /admin/consensus (a background job) and wait for it: the job's JSON once it has finished."""
+    import time
+    r = client.post("/admin/consensus", data={"csrf_token": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and "job=" in r.headers["location"], r.text
+    job_id = r.headers["location"].split("job=", 1)[1]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/admin/jobs/{job_id}").json()
+        if job["status"] != "running":
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"consensus job {job_id} still running after {timeout_s} s")

@@ -11,7 +11,9 @@ dashboard and the audit log show it. Screenshots go to test-artifacts/review/.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import os
 import shutil
 import socket
 import sqlite3
@@ -28,13 +30,14 @@ from sqlalchemy import func, insert, select, update
 from curation.review import assign as assigning
 from curation.review import sample
 from curation.review.app import create_app
+from curation.review.auth import get_user_by_name
 from curation.review.consensus import run_consensus
 from curation.review.items import get_item
 from curation.review.labelstudio import export_tasks, import_export
 from medcot.cli import main
 from medcot.config import load_config
-from medcot.db import ItemRow
-from medcot.review_tables import RUBRIC_DIMENSIONS, DecisionRow, ReviewRow, RevisionRow, UserRow
+from medcot.db import GenerationRow, ItemRow
+from medcot.review_tables import RUBRIC_DIMENSIONS, DecisionRow, ReviewRow, RevisionRow, RubricScoreRow, UserRow
 from medcot.scripted_server import ScriptedServer
 from medcot.store import Store
 
@@ -42,6 +45,9 @@ pytestmark = pytest.mark.browser
 PW = "correct horse battery"
 XSS = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "review"
+GUIDE_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"  # the screenshots of docs/review-guide.md
+GUIDE_SHOTS = ("review-queue.png", "review-form.png", "review-panel.png", "review-adjudication.png")
+GUIDE_MAX_BYTES = 200_000
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
 
@@ -70,6 +76,7 @@ class AppThread:
 
     def __init__(self, app) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # else ~40 ms per keep-alive request
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
@@ -124,10 +131,22 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+CONFIRM = "Submit now? A submission is final: it cannot be changed afterwards."
+
+
+def _confirm_final_submits(dialog) -> None:
+    """The one dialog the app opens: the confirmation of a final submit (accepted); any other fails the test."""
+    if dialog.type == "confirm" and dialog.message == CONFIRM:
+        dialog.accept()
+        return
+    dialog.dismiss()
+    pytest.fail(f"an unexpected dialog opened: {dialog.type} {dialog.message}")
+
+
 def login(site, name: str):
     ctx = site["browser"].new_context()
     page = ctx.new_page()
-    page.on("dialog", lambda d: pytest.fail(f"a dialog opened: {d.message}"))
+    page.on("dialog", _confirm_final_submits)
     page.goto(site["url"] + "/login")
     page.fill("#name", name)
     page.fill("#password", PW)
@@ -326,7 +345,7 @@ def test_review_panel_reconciliation_and_adjudication_in_the_browser(site):
     admin = login(site, "admin1")
     admin.goto(site["url"] + "/admin")
     admin.click("#run-consensus")
-    admin.wait_for_selector("#message")
+    admin.wait_for_selector('#consensus-job[data-status="done"]')  # a background job; the page refreshes
     assert [stage(site, i) for i in (q2, q3)] == ["adjudication", "approved"]
     # q1: adopt rev1's proposal (the adjudicator sees it), a new revision -> five-strike again (the key changed)
     admin.goto(f"{site['url']}/items/{q1}/adjudicate")
@@ -344,7 +363,7 @@ def test_review_panel_reconciliation_and_adjudication_in_the_browser(site):
         score(login(site, name), site, q2, "accept")
     admin.goto(site["url"] + "/admin")
     admin.click("#run-consensus")
-    admin.wait_for_selector("#message")
+    admin.wait_for_selector('#consensus-job[data-status="done"]')  # a background job; the page refreshes
     assert stage(site, q2) == "approved"
     admin.goto(site["url"] + "/admin/agreement")
     assert admin.locator("#cohen tr").count() == 2  # header + the rev1/rev2 pair
@@ -414,3 +433,125 @@ def test_the_builder_releases_the_browser_approvals_and_refuses_a_forged_decisio
     assert res.exit_code == 2, res.output
     assert f"[validated] {q1}: invariant" in res.output and "nothing was written" in res.output
     assert not out.exists()
+
+
+def test_keyboard_shortcuts_fill_the_review_and_a_final_submit_asks_first(site):
+    """Every choice by keyboard (the highlighted group takes the key shown beside a choice, then the next group is
+    highlighted; [ goes back), Ctrl+Enter submits, and the confirmation comes first: cancelled, nothing is sent;
+    accepted, the review is stored with exactly the keyed choices. The page runs no script but ours."""
+    store, cfg = site["store"], site["cfg"]
+    [item] = sample.add_items(store, 1, prefix="k")
+    with store.transaction() as conn:
+        assigning.assign(conn, [item], "review", 2, assigning.pool(conn, cfg.review, "review"))
+    ctx = site["browser"].new_context()
+    page = ctx.new_page()
+    page.goto(site["url"] + "/login")
+    page.fill("#name", "rev1")
+    page.fill("#password", PW)
+    page.click("#login")
+    page.wait_for_url(site["url"] + "/")
+    page.goto(f"{site['url']}/items/{item}/review")
+    assert page.locator("#group-relevance.current").count() == 1  # the first group is highlighted
+    page.locator("h1").click()  # focus outside any field
+    for key in ["1", "1", "0", "c", "0", "2", "2", "1", "2", "0", "2", "3"]:
+        page.keyboard.press(key)
+    assert page.locator("#cognitive_level-problem-solving").is_checked()
+    for key in ["[", "2", "1"]:  # back to difficulty, the same choice again, then cognitive level changed
+        page.keyboard.press(key)
+    assert page.locator("#sufficiency-0").is_checked() and page.locator("#answer").input_value() == "C"
+    assert page.locator("#approve-0").is_checked() and page.locator("#score_information_sufficiency-1").is_checked()
+    assert page.locator("#difficulty-moderate").is_checked() and page.locator("#cognitive_level-recall").is_checked()
+    page.fill("#comment", "typed, then 1 and c stay text")  # keys typed into a text field are text
+    assert page.locator("#comment").input_value() == "typed, then 1 and c stay text"
+    assert page.locator("#cognitive_level-recall").is_checked()
+
+    seen: list[str] = []
+
+    def cancel(dialog) -> None:
+        seen.append(dialog.message)
+        dialog.dismiss()
+    page.once("dialog", cancel)
+    page.keyboard.press("Control+Enter")
+    page.wait_for_timeout(300)
+    assert seen == [CONFIRM] and page.locator("#review-form").count() == 1 and not rows(site, ReviewRow, item)
+    page.once("dialog", lambda d: (seen.append(d.message), d.accept()))
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("#my-review")
+    assert seen == [CONFIRM, CONFIRM]
+    [r] = rows(site, ReviewRow, item)
+    assert (r["relevance"], r["correctness"], r["sufficiency"], r["answer"], r["approve"]) == (1, 1, 0, "C", False)
+    assert (r["difficulty"], r["cognitive_level"], r["comment"]) == ("moderate", "recall",
+                                                                     "typed, then 1 and c stay text")
+    with store.engine.connect() as conn:
+        scores = dict(conn.execute(select(RubricScoreRow.dimension, RubricScoreRow.score).where(
+            RubricScoreRow.item_id == item)).all())
+    assert scores == {"medical_correctness": 2, "reasoning_structure": 2, "information_sufficiency": 1,
+                      "terminology_clarity": 2, "clinical_utility": 0}
+    assert page.locator("script").evaluate_all("els => els.map(e => e.getAttribute('src'))") == ["/static/review.js"]
+    shot(page, "10-keyboard-review-submitted")
+    ctx.close()
+
+
+GUIDE_COT = ("**Step 1.** Pulseless electrical activity: the 2010 AHA algorithm gives adrenaline 1 mg every "
+             "3-5 min and amiodarone for shockable rhythms.\n"
+             "**Step 2.** The dose in children is $10\\,\\mu g/kg$; the rate is \\(\\approx 100\\text{/min}\\).\n"
+             "**Step 3.** Atropine was removed from the algorithm in 2010.\n\n"
+             "- A. Adrenaline: used\n- B. Vasopressin: used (2010)\n- C. Atropine: removed\n- D. Amiodarone: used\n\n"
+             "Answer: C")
+
+
+def test_the_review_guide_screenshots(site):
+    """docs/review-guide.md shows what the experts see. With MEDCOT_DOCS_SCREENSHOTS=1 this test takes the
+    screenshots again (fresh items, palette PNGs); otherwise it checks that they exist and stay small."""
+    if not os.environ.get("MEDCOT_DOCS_SCREENSHOTS"):
+        for name in GUIDE_SHOTS:
+            path = GUIDE_IMG / name
+            assert path.is_file(), f"{path} is missing: run this test with MEDCOT_DOCS_SCREENSHOTS=1"
+            assert path.stat().st_size < GUIDE_MAX_BYTES, f"{path} is {path.stat().st_size} bytes"
+        return
+    store, cfg = site["store"], site["cfg"]
+    review_item, panel_item, adj_item = (sample.add_items(store, 1, prefix=p, cot_extra="")[0]
+                                         for p in ("guide-r", "guide-p", "guide-a"))
+    with store.transaction() as conn:
+        conn.execute(update(GenerationRow).where(GenerationRow.item_id.in_([review_item, panel_item, adj_item]))
+                     .values(cot=GUIDE_COT))
+        assigning.assign(conn, [review_item, adj_item], "review", 2, assigning.pool(conn, cfg.review, "review"))
+    rev1, rev2 = login(site, "rev1"), login(site, "rev2")
+    review(rev1, site, adj_item, comment="The key is right: atropine left the algorithm in 2010.")
+    review(rev2, site, adj_item, answer="B", approve=False, comment="Vasopressin was removed in 2015, not 2010.")
+    sample.set_stage(store, adj_item, "adjudication")
+    sample.fail_five_strikes(store, panel_item)
+    with store.transaction() as conn:
+        assigning.assign(conn, [panel_item], "panel", 2, assigning.pool(conn, cfg.review, "panel"))
+        panelist = next(u for u in ("pan1", "pan2", "pan3") if get_user_by_name(conn, u).id in
+                        assigning.assigned(conn, panel_item, "panel"))
+        assigning.assign(conn, [adj_item], "adjudication", 1, [get_user_by_name(conn, panelist)])
+
+    rev1.set_viewport_size({"width": 1100, "height": 760})
+    rev1.goto(site["url"] + "/")
+    _guide_shot(rev1, "review-queue.png", full_page=False)
+    rev1.goto(f"{site['url']}/items/{review_item}/review")
+    rev1.locator("h1").click()
+    for key in ("1", "1", "1", "c", "1", "2", "2"):  # half-way through by keyboard: the highlight moves on
+        rev1.keyboard.press(key)
+    _guide_shot(rev1, "review-form.png")
+    pan = login(site, panelist)
+    pan.set_viewport_size({"width": 1100, "height": 760})
+    pan.goto(f"{site['url']}/items/{panel_item}/panel")
+    _guide_shot(pan, "review-panel.png")
+    pan.goto(f"{site['url']}/items/{adj_item}/adjudicate")
+    assert "reviewer 1" in pan.locator("#all-reviews").inner_text()  # pseudonyms, not names
+    _guide_shot(pan, "review-adjudication.png")
+
+
+def _guide_shot(page, name: str, full_page: bool = True) -> None:
+    """A screenshot as a 64-colour palette PNG (UI screenshots keep their look), halved if still too large."""
+    from PIL import Image
+    image = Image.open(io.BytesIO(page.screenshot(full_page=full_page))).convert("RGB")
+    GUIDE_IMG.mkdir(parents=True, exist_ok=True)
+    for scale in (1.0, 0.75, 0.5):
+        small = image.resize((int(image.width * scale), int(image.height * scale))) if scale < 1 else image
+        small.quantize(colors=64).save(GUIDE_IMG / name, optimize=True)
+        if (GUIDE_IMG / name).stat().st_size < GUIDE_MAX_BYTES:
+            return
+    pytest.fail(f"{name} stays above {GUIDE_MAX_BYTES} bytes")

@@ -121,5 +121,5 @@ def test_app_on_postgres(pg_store: Store):
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
         r = c.post(f"/items/{ids[0]}/review", data={"relevance": "1", "correctness": "1", "sufficiency": "1",
                                                     "answer": "C", "approve": "1", **RUBRIC_FORM, **page_form(page)})
-        assert r.status_code == 200 and "saved" in r.text
+        assert r.status_code == 200 and "Saved." in r.text  # the banner of code "saved"
     assert pg_store.items()[0].stage == "reviewed"

@@ -6,24 +6,26 @@
   (`review_sessions`, by its sha256): logout and `medcot review user revoke-sessions` revoke it at once, and
   the user row is re-read on every request, so a deactivated account is out at once.
 - CSRF: every form carries the session's token; a POST without the matching token is refused (403).
-- Login throttling: failures are audit events; too many for one account (store-wide) or from one client
-  address (this process) within the window lock further attempts (429) until the window passes.
+- Login throttling: failures are audit events (with the client's address); after too many for one (account,
+  address) pair, that pair backs off exponentially (429 with Retry-After). No account is ever locked for
+  everyone: made-up names from a shared address, or failures from elsewhere, never stop a user's own login.
+- Client address: the TCP peer, or behind a configured trusted proxy the X-Forwarded-For hop it vouches for.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import math
 import secrets
-import threading
 import time
-from collections import defaultdict, deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -31,7 +33,7 @@ from curation.review.items import log
 from curation.review.records import ReviewError, User
 from medcot.db import EventRow
 from medcot.records import Event
-from medcot.review_tables import ACTOR_KINDS, ROLES, SessionRow, UserRow
+from medcot.review_tables import ACTOR_KINDS, ROLES, ReviewerProfileRow, SessionRow, UserRow
 from medcot.store import Store
 
 SESSION_COOKIE = "medcot_session"
@@ -48,6 +50,16 @@ def hash_password(password: str) -> str:
 
 def _user(row: Any) -> User:
     return User(id=row["id"], name=row["name"], role=row["role"], kind=row["kind"], active=row["active"])
+
+
+def _profiled(conn: Connection, users: list[User]) -> list[User]:
+    ids = [u.id for u in users]
+    profiles = {r.user_id: r for r in conn.execute(select(ReviewerProfileRow).where(ReviewerProfileRow.user_id.in_(ids)))}
+    for u in users:
+        if (p := profiles.get(u.id)) is not None:
+            u.languages, u.specialties = tuple(p.languages or ()), tuple(p.specialties or ())
+            u.ui_language = p.ui_language
+    return users
 
 
 def create_user(store: Store, name: str, role: str, password: str | None, kind: str = "human",
@@ -92,7 +104,7 @@ def ensure_automated_user(conn: Connection, name: str, role: str, kind: str = "l
 
 def get_user(conn: Connection, user_id: int) -> User | None:
     row = conn.execute(select(UserRow).where(UserRow.id == user_id)).mappings().first()
-    return _user(row) if row else None
+    return _profiled(conn, [_user(row)])[0] if row else None
 
 
 def get_user_by_name(conn: Connection, name: str) -> User | None:
@@ -101,52 +113,83 @@ def get_user_by_name(conn: Connection, name: str) -> User | None:
 
 
 def list_users(conn: Connection) -> list[User]:
-    return [_user(r) for r in conn.execute(select(UserRow).order_by(UserRow.id)).mappings()]
+    return _profiled(conn, [_user(r) for r in conn.execute(select(UserRow).order_by(UserRow.id)).mappings()])
 
 
 class LoginThrottle:
-    """Failures per account come from the audit log (shared by every process); per client address in memory."""
+    """Backoff per (account, client address), from the audit log (shared by every process): after
+    `max_failures` failures of a pair within the window (since its last successful login), each further attempt
+    must wait `backoff_s` * 2**(failures beyond the limit) after the last failure, capped at the window. Nothing
+    is ever locked for others: failures from another address, or for other accounts, do not count."""
 
-    def __init__(self, max_failures: int, window_s: int):
-        self.max_failures, self.window_s = max_failures, window_s
-        self._by_ip: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
+    def __init__(self, max_failures: int, window_s: int, backoff_s: float = 2.0):
+        self.max_failures, self.window_s, self.backoff_s = max_failures, window_s, backoff_s
 
-    def _ip_failures(self, ip: str) -> int:
-        cutoff = time.monotonic() - self.window_s
-        q = self._by_ip[ip]
-        while q and q[0] < cutoff:
-            q.popleft()
-        return len(q)
+    def wait_s(self, conn: Connection, name: str, ip: str) -> float:
+        """Seconds this (account, address) must still wait before its next attempt (0: go ahead)."""
+        now = datetime.now(UTC)
+        rows = conn.execute(select(EventRow.kind, EventRow.payload, EventRow.created_at).where(
+            EventRow.actor == name, EventRow.kind.in_(("login_failed", "login")),
+            EventRow.created_at >= now - timedelta(seconds=self.window_s)).order_by(EventRow.id))
+        failures: list[datetime] = []
+        for kind, payload, at in rows:
+            if (payload or {}).get("ip") != ip:
+                continue
+            failures = [] if kind == "login" else failures + [at if at.tzinfo else at.replace(tzinfo=UTC)]
+        beyond = len(failures) - self.max_failures
+        if beyond < 0:
+            return 0.0
+        wait = min(self.backoff_s * 2 ** beyond, float(self.window_s))
+        return max(0.0, (failures[-1] - now).total_seconds() + wait)
 
-    def blocked(self, conn: Connection, name: str, ip: str) -> bool:
-        with self._lock:
-            if self._ip_failures(ip) >= self.max_failures * 4:  # many accounts tried from one address
-                return True
-        since = datetime.now(UTC) - timedelta(seconds=self.window_s)
-        n = conn.scalar(select(func.count()).select_from(EventRow).where(
-            EventRow.kind == "login_failed", EventRow.actor == name, EventRow.created_at >= since)) or 0
-        return n >= self.max_failures
 
-    def failed(self, ip: str) -> None:
-        with self._lock:
-            self._by_ip[ip].append(time.monotonic())
+def client_address(peer: str | None, forwarded_for: str | None, trusted: list[str]) -> str:
+    """The client's address: the TCP peer, unless the peer is a trusted proxy; then the right-most address of
+    X-Forwarded-For that is not itself a trusted proxy (anything left of it could be forged by the client)."""
+    nets = [ipaddress.ip_network(t, strict=False) for t in trusted]
+
+    def is_trusted(addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in n for n in nets)
+
+    client = peer or "?"
+    if not nets or not is_trusted(client) or not forwarded_for:
+        return client
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        if not is_trusted(hop):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return client  # a malformed header: fall back to the proxy's own address, never trust junk
+        client = hop
+    return client
+
+
+class LoginBackoff(ReviewError):
+    """Too many failed logins from this address for this account: try again after `retry_after_s`."""
+
+    def __init__(self, wait_s: float):
+        self.retry_after_s = max(1, math.ceil(wait_s))
+        super().__init__(f"too many failed logins: wait {self.retry_after_s} s and try again", 429)
 
 
 def authenticate(store: Store, throttle: LoginThrottle, name: str, password: str, ip: str) -> User:
     """The user, or ReviewError 401 (wrong name or password, same message) / 429 (throttled)."""
     name = name.strip()[:120]
     with store.transaction() as conn:  # the audit events commit before the error is raised
-        blocked = throttle.blocked(conn, name, ip)
-        if blocked:
-            log(conn, Event(kind="login_throttled", stage="auth", actor=name, actor_kind="human", payload={"ip": ip}))
+        wait = throttle.wait_s(conn, name, ip)
+        if wait > 0:
+            log(conn, Event(kind="login_throttled", stage="auth", actor=name, actor_kind="human",
+                            payload={"ip": ip, "wait_s": round(wait, 1)}))
         row = conn.execute(select(UserRow).where(UserRow.name == name)).mappings().first()
-    if blocked:
-        raise ReviewError("too many failed logins: wait and try again later", 429)
+    if wait > 0:
+        raise LoginBackoff(wait)
     ok = _verify(row["password_hash"] if row and row["active"] else None, password) and row is not None
     with store.transaction() as conn:
         if not ok:
-            throttle.failed(ip)
             log(conn, Event(kind="login_failed", stage="auth", actor=name, actor_kind="human", payload={"ip": ip}))
     if not ok or row is None:
         raise ReviewError("wrong user name or password", 401)

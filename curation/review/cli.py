@@ -18,6 +18,26 @@ def _store(cfg: Any, create: bool = False) -> Any:
     return open_store(cfg.store.url, create)
 
 
+def _password(password_env: str | None) -> str:
+    if password_env:
+        password = os.environ.get(password_env, "")
+        if not password:
+            fail(f"${password_env} is empty or not set")
+        return password
+    return str(click.prompt("password", hide_input=True, confirmation_prompt=True))
+
+
+def _account_call(config_path: str | None, overrides: tuple[str, ...], store_url: str | None, fn: Any) -> Any:
+    """Run fn(conn, cfg) in one transaction of the store; a ReviewError is one clear line and exit 1."""
+    from curation.review.records import ReviewError
+    cfg = get_config(config_path, overrides, store_url)
+    try:
+        with _store(cfg).transaction() as conn:
+            return fn(conn, cfg)
+    except ReviewError as exc:
+        fail(str(exc))
+
+
 def register(main: click.Group) -> None:
     @main.group()
     def review() -> None:
@@ -63,12 +83,7 @@ def register(main: click.Group) -> None:
         from curation.review.auth import create_user
         from curation.review.records import ReviewError
         cfg = get_config(config_path, store_url=store_url)
-        if password_env:
-            password = os.environ.get(password_env, "")
-            if not password:
-                fail(f"${password_env} is empty or not set")
-        else:
-            password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+        password = _password(password_env)
         try:
             user = create_user(_store(cfg, create=True), name, role, password)
         except ReviewError as exc:
@@ -77,18 +92,19 @@ def register(main: click.Group) -> None:
 
     @review.group("user")
     def user_group() -> None:
-        """Accounts: list them, revoke a user's sessions."""
+        """Accounts: list, deactivate / activate, reset a password, routing profiles, revoke sessions."""
 
     @user_group.command("list")
     @store_option
     @config_option
     def user_list(store_url: str | None, config_path: str | None) -> None:
-        """Every account: id, name, role, kind, active."""
+        """Every account: id, name, role, kind, active, languages, specialties (routing profile; '-' = any)."""
         from curation.review.auth import list_users
         cfg = get_config(config_path, store_url=store_url)
         with _store(cfg).engine.connect() as conn:
             for u in list_users(conn):
-                click.echo(f"{u.id}\t{u.name}\t{u.role}\t{u.kind}\t{'active' if u.active else 'inactive'}")
+                click.echo(f"{u.id}\t{u.name}\t{u.role}\t{u.kind}\t{'active' if u.active else 'inactive'}\t"
+                           f"{','.join(u.languages) or '-'}\t{','.join(u.specialties) or '-'}")
 
     @user_group.command("revoke-sessions")
     @click.argument("name")
@@ -106,18 +122,94 @@ def register(main: click.Group) -> None:
             n = revoke_user_sessions(conn, user.id)
         click.echo(f"revoked {n} live session(s) of {name!r}")
 
+    @user_group.command("deactivate")
+    @click.argument("name")
+    @store_option
+    @config_option
+    @set_option
+    def deactivate(name: str, store_url: str | None, config_path: str | None, overrides: tuple[str, ...]) -> None:
+        """Stop an account (sessions end at once) and hand its open assignments to others, blind as before."""
+        from curation.review.accounts import deactivate as run
+        result = _account_call(config_path, overrides, store_url, lambda conn, cfg: run(conn, name, cfg.review))
+        moved = sum(len(v) for v in result.unassigned.values())
+        click.echo(f"deactivated {name!r}: {result.sessions_revoked} session(s) revoked, {moved} open assignment(s) "
+                   f"handed over, {sum(len(v) for v in result.reassigned.values())} new assignment(s)")
+        for phase, ids in result.short.items():
+            click.echo(f"warning: {len(ids)} item(s) in {phase} are short of eligible people (nobody else can "
+                       f"take them): {', '.join(ids[:10])}; add accounts, then `medcot run` assigns them", err=True)
+
+    @user_group.command("activate")
+    @click.argument("name")
+    @store_option
+    @config_option
+    def activate(name: str, store_url: str | None, config_path: str | None) -> None:
+        """Let a deactivated account log in again (it gets new work at the next assignment)."""
+        from curation.review.accounts import activate as run
+        _account_call(config_path, (), store_url, lambda conn, cfg: run(conn, name))
+        click.echo(f"activated {name!r}")
+
+    @user_group.command("reset-password")
+    @click.argument("name")
+    @click.option("--password-env", default=None, metavar="VAR",
+                  help="Read the new password from this environment variable instead of a prompt.")
+    @store_option
+    @config_option
+    def reset_password(name: str, password_env: str | None, store_url: str | None, config_path: str | None) -> None:
+        """Set a new password (at least 10 characters); every live session of the account ends."""
+        from curation.review.accounts import reset_password as run
+        password = _password(password_env)
+        n = _account_call(config_path, (), store_url, lambda conn, cfg: run(conn, name, password))
+        click.echo(f"password of {name!r} reset; {n} live session(s) revoked")
+
+    @user_group.command("set-profile")
+    @click.argument("name")
+    @click.option("--languages", default=None, metavar="zh,en", help="Item languages they review ('' = any).")
+    @click.option("--specialties", default=None, metavar="KEY,...",
+                  help="Taxonomy keys they cover, e.g. internal_medicine,surgery ('' = any).")
+    @click.option("--ui-language", default=None, metavar="en|zh",
+                  help="Interface language of their pages ('' = from their languages, then the browser).")
+    @store_option
+    @config_option
+    @set_option
+    def set_profile(name: str, languages: str | None, specialties: str | None, ui_language: str | None,
+                    store_url: str | None, config_path: str | None, overrides: tuple[str, ...]) -> None:
+        """What a reviewer reviews: routing sends them items in their languages (and specialties, when
+        review.routing.specialties is on). Unchanged fields stay as they are."""
+        from curation.review.accounts import set_profile as run
+        from curation.specialty import load_taxonomy
+        if languages is None and specialties is None and ui_language is None:
+            fail("give --languages, --specialties and/or --ui-language")
+
+        def split(value: str | None) -> list[str] | None:
+            return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+        def call(conn: Any, cfg: Any) -> dict[str, Any]:
+            keys = load_taxonomy(cfg.specialty.taxonomy).keys
+            return run(conn, name, split(languages), split(specialties), keys, ui_language)
+        profile = _account_call(config_path, overrides, store_url, call)
+        click.echo(f"{name}: languages {','.join(profile['languages']) or 'any'}; "
+                   f"specialties {','.join(profile['specialties']) or 'any'}; "
+                   f"interface {profile['ui_language'] or 'auto'}")
+
     @review.command()
     @store_option
     @config_option
     @click.option("--raters", type=click.Choice(["human", "all"]), default="human",
                   help="human: experts only (default); all: include automated reviewers.")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-    def stats(store_url: str | None, config_path: str | None, raters: str, as_json: bool) -> None:
-        """Agreement (Cohen per pair, Fleiss, Krippendorff's ordinal alpha), progress, validation counts."""
+    @set_option
+    def stats(store_url: str | None, config_path: str | None, raters: str, as_json: bool,
+              overrides: tuple[str, ...]) -> None:
+        """Agreement (Cohen per pair, Fleiss, Krippendorff's ordinal alpha), progress, staffing (shortfall), expert
+        time (throughput, backlog, ETA), validation counts."""
+        from curation.review.accounts import staffing
         from curation.review.stats import collect, render_text
-        cfg = get_config(config_path, store_url=store_url)
+        from curation.review.timing import expert_time
+        cfg = get_config(config_path, overrides, store_url)
         with _store(cfg).engine.connect() as conn:
             s = collect(conn, raters)
+            s["staffing"] = staffing(conn, cfg.review)
+            s["expert_time"] = expert_time(conn, cfg.review)
         click.echo(json.dumps(s, ensure_ascii=False, default=str) if as_json else render_text(s))
 
     @review.command("export-audit")

@@ -23,6 +23,7 @@ rules do not support, whoever calls it (web app, CLI, stage, import): ConsensusE
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,7 +169,8 @@ def send_to_panel(conn: Connection, item_id: str, reason: str, cfg: ReviewConfig
     """The panel judges the revision in force afresh (blind: it never sees the earlier votes or proposals)."""
     set_stage(conn, item_id, "escalated", Event(kind="escalated", item_id=item_id, stage="panel",
                                                 payload={"reason": reason, "source": "reconciliation"}))
-    assigning.assign(conn, [item_id], "panel", cfg.panel.panelists_per_item, assigning.pool(conn, cfg, "panel"))
+    assigning.assign(conn, [item_id], "panel", cfg.panel.panelists_per_item, assigning.pool(conn, cfg, "panel"),
+                     routing=cfg.routing)
 
 
 def reconcile(conn: Connection, item_id: str, changed: list[str], cfg: ReviewConfig, reason: str) -> str:
@@ -234,7 +236,8 @@ def _write(conn: Connection, item: Item, outcome: Outcome, cfg: ReviewConfig, ac
                  "automated_approvals": outcome.automated_approvals,
                  "expert_validated": outcome.expert_validated}))
     if outcome.kind == "adjudication":
-        assigning.assign(conn, [item.id], "adjudication", 1, assigning.pool(conn, cfg, "adjudication"))
+        assigning.assign(conn, [item.id], "adjudication", 1, assigning.pool(conn, cfg, "adjudication"),
+                         routing=cfg.routing)
 
 
 def escalate(conn: Connection, item_id: str, reason: str) -> None:
@@ -255,12 +258,15 @@ class ConsensusSummary:
     waiting: Counter[str] = field(default_factory=Counter)
 
 
-def run_consensus(store: Store, cfg: ReviewConfig) -> ConsensusSummary:
-    """Decide every decidable item (one transaction each); rerunning continues where it stopped."""
+def run_consensus(store: Store, cfg: ReviewConfig,
+                  progress: Callable[[int, int], None] | None = None) -> ConsensusSummary:
+    """Decide every decidable item (one transaction each, so the write lock is held for one item at a time);
+    rerunning continues where it stopped. `progress(done, total)` is called after each item."""
     summary = ConsensusSummary()
-    for item in store.items():
-        if item.stage not in DECIDABLE:
-            continue
+    todo = [item for item in store.items() if item.stage in DECIDABLE]
+    for done, item in enumerate(todo, 1):
+        if progress is not None:
+            progress(done - 1, len(todo))
         with store.transaction() as conn:
             lock_item(conn, item.id)
             fresh = get_item(conn, item.id)
@@ -268,13 +274,26 @@ def run_consensus(store: Store, cfg: ReviewConfig) -> ConsensusSummary:
             if out.kind in ("", "escalate") or (out.kind == "adjudication" and fresh.stage == "adjudication"):
                 summary.waiting[out.reason if out.kind == "" else "initial review failed: awaits the panel"] += 1
                 continue
-            done = record_outcome(conn, item.id, out.kind, cfg)
-        summary.outcomes[done.kind] += 1
-        summary.reasons[_short(done.reason)] += 1
-        if done.kind == "approved":
-            summary.expert_validated += int(done.expert_validated)
-            summary.automated_only += int(not done.expert_validated)
+            outcome = record_outcome(conn, item.id, out.kind, cfg)
+        summary.outcomes[outcome.kind] += 1
+        summary.reasons[_short(outcome.reason)] += 1
+        if outcome.kind == "approved":
+            summary.expert_validated += int(outcome.expert_validated)
+            summary.automated_only += int(not outcome.expert_validated)
+    if progress is not None:
+        progress(len(todo), len(todo))
     return summary
+
+
+def consensus_job(store_url: str, cfg: ReviewConfig, progress: Callable[[int, int], None]) -> dict[str, Any]:
+    """`run_consensus` on its own connection to the store (the review app runs it in a child process)."""
+    store = Store(store_url, create=False)
+    try:
+        summary = run_consensus(store, cfg, progress)
+    finally:
+        store.close()
+    return {"outcomes": dict(summary.outcomes), "expert_validated": summary.expert_validated,
+            "automated_only": summary.automated_only, "waiting": dict(summary.waiting)}
 
 
 def _short(reason: str) -> str:

@@ -3,12 +3,61 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from curation.review.records import Edits, PanelInput, ReviewError, ReviewInput
+from curation.review.submit import MAX_COMMENT
 from medcot.review_tables import RUBRIC_DIMENSIONS
 from medcot.revision import normalize_newlines
 
-MAX_FIELD = 100_000
+MAX_BODY = 4_000_000  # bytes of one url-encoded form (a 100,000-character CoT is at most 1.2 MB of it)
+MAX_FIELDS = 200
+MAX_FIELD = 100_000  # characters (after CRLF -> LF), the longest field: a CoT
+MAX_SHORT = 200  # every field not listed below: choices, hidden fields, tokens
+LIMITS = {"comment": MAX_COMMENT, "feedback": MAX_COMMENT, "edit_question": 20_000, "edit_cot": MAX_FIELD,
+          "revised_cot": MAX_FIELD, "name": 120, "password": 1024, "next": 2_000}
+OPTION_LIMIT = 5_000  # edit_option_<letter>
+
+
+def max_length(name: str) -> int:
+    """The most characters field `name` may hold (the templates' maxlength and the server's check)."""
+    return OPTION_LIMIT if name.startswith("edit_option_") else LIMITS.get(name, MAX_SHORT)
+
+
+def parse_urlencoded(body: bytes) -> dict[str, str]:
+    """An application/x-www-form-urlencoded body, strictly: UTF-8 only (never replacement characters), no NUL,
+    no field twice, no field longer than its limit. Bad input is a 400 naming the field."""
+    if len(body) > MAX_BODY:
+        raise ReviewError(f"the form is too large (at most {MAX_BODY} bytes)", 413)
+    out: dict[str, str] = {}
+    for part in body.split(b"&"):
+        if not part:
+            continue
+        raw_name, _, raw_value = part.partition(b"=")
+        name = _utf8(raw_name, "a field name")
+        value = _utf8(raw_value, f"field {name!r}")
+        if name in out:
+            raise ReviewError(f"field {name!r} is sent twice")
+        if "\x00" in name or "\x00" in value:
+            raise ReviewError(f"field {name!r} contains a NUL character")
+        out[name] = value
+        if len(out) > MAX_FIELDS:
+            raise ReviewError(f"the form has more than {MAX_FIELDS} fields")
+        _check_length(name, normalize_newlines(value))
+    return out
+
+
+def _utf8(raw: bytes, what: str) -> str:
+    try:
+        return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReviewError(f"{what} is not valid UTF-8: send the form as UTF-8") from None
+
+
+def _check_length(name: str, value: str) -> None:
+    limit = max_length(name)
+    if len(value) > limit:
+        raise ReviewError(f"field {name!r} is too long: at most {limit} characters (got {len(value)})")
 
 
 def text(form: Mapping[str, Any], name: str, required: bool = False) -> str | None:
@@ -19,9 +68,9 @@ def text(form: Mapping[str, Any], name: str, required: bool = False) -> str | No
         return None
     if not isinstance(value, str):
         raise ReviewError(f"field {name!r} must be text")
-    if len(value) > MAX_FIELD:
-        raise ReviewError(f"field {name!r} is too long")
-    return normalize_newlines(value)  # browsers send textarea newlines as CRLF
+    value = normalize_newlines(value)  # browsers send textarea newlines as CRLF (and count them as one)
+    _check_length(name, value)
+    return value
 
 
 def flag(form: Mapping[str, Any], name: str) -> int:
@@ -33,8 +82,8 @@ def flag(form: Mapping[str, Any], name: str) -> int:
 
 def integer(form: Mapping[str, Any], name: str) -> int:
     value = text(form, name, required=True) or ""
-    if not value.isdigit():
-        raise ReviewError(f"{name} must be a whole number")
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
+        raise ReviewError(f"{name} must be a whole number (ASCII digits 0-9)")
     return int(value)
 
 

@@ -38,7 +38,7 @@ from curation.review.items import (
 from curation.review.prompts import load as load_prompt
 from curation.review.records import Edits, PanelInput, ReviewError, User
 from curation.review.standard import load_standard, policy_problems
-from curation.review.submit import check_revision
+from curation.review.submit import check_length, check_revision
 from medcot.config import GenerateConfig, ReviewConfig
 from medcot.db import ItemRow
 from medcot.llm import LLMClient
@@ -80,7 +80,7 @@ def submit_panel(store: Store, item_id: str, user: User, form: PanelInput, cfg: 
     with store.transaction() as conn:
         stage = lock_item(conn, item_id)
         if not assigning.is_assigned(conn, item_id, user.id, "panel"):
-            raise ReviewError("no such panel assignment", 404)
+            raise ReviewError("not found", 404)  # the same answer as for a missing item
         if user.id in editors(conn, item_id):
             raise ReviewError("you revised this item: other panelists score it now", 403)
         state = panel_state(conn, item_id, cfg)
@@ -118,12 +118,14 @@ def _resubmitted(mine: dict[str, Any], form: PanelInput, state: PanelState) -> s
 
 
 def _store_scores(conn: Connection, item_id: str, user: User, form: PanelInput, revision: str) -> None:
+    check_length("feedback", form.feedback)
+    check_length("comment", form.comment)
     version = load_standard().version
     conn.execute(insert(RubricScoreRow), [{"item_id": item_id, "user_id": user.id, "round": form.round, "phase": "panel",
                                            "dimension": d, "score": form.scores[d], "revision_hash": revision,
                                            "standard_version": version} for d in RUBRIC_DIMENSIONS])
     conn.execute(insert(DecisionRow).values(item_id=item_id, user_id=user.id, kind=form.action, details={
-        "round": form.round, "answer": form.answer, "feedback": form.feedback[:4000], "comment": form.comment[:4000],
+        "round": form.round, "answer": form.answer, "feedback": form.feedback, "comment": form.comment,
         "scores": form.scores, "revision_hash": revision, "blind": True, "difficulty": form.difficulty,
         "cognitive_level": form.cognitive_level, "standard_version": version,
         "proposal": form.action == "revise"}))
@@ -141,7 +143,7 @@ def _revise(conn: Connection, item_id: str, user: User, form: PanelInput, cfg: R
         raise ReviewError("the revision is identical to the current text")
     changed = apply_edits(conn, item, edits, user)
     people = assigning.pool(conn, cfg, "panel")
-    assigning.assign(conn, [item_id], "panel", cfg.panel.panelists_per_item, people)
+    assigning.assign(conn, [item_id], "panel", cfg.panel.panelists_per_item, people, routing=cfg.routing)
     if set(changed) & {"question", "options", "answer"}:
         reconcile(conn, item_id, changed, cfg, f"repaired by panelist {user.name}: {', '.join(changed)} changed")
         return "restrike"

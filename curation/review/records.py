@@ -30,6 +30,9 @@ class User:
     role: str  # reviewer | panelist | admin
     kind: str  # human | llm | demo
     active: bool = True
+    languages: tuple[str, ...] = ()  # routing profile; empty = any
+    specialties: tuple[str, ...] = ()
+    ui_language: str | None = None  # interface language of the review pages (None: from languages / browser)
 
     @property
     def is_human(self) -> bool:

@@ -102,7 +102,9 @@ async def review_stage(ctx: RunContext) -> dict[str, Any]:
     todo = [it.id for it in ctx.store.items(stage="generated")]
     with ctx.store.transaction() as conn:
         people = assigning.pool(conn, cfg, "review")
-        made = assigning.assign(conn, todo, "review", cfg.reviewers_per_item, people)
+        fallbacks: set[str] = set()
+        made = assigning.assign(conn, todo, "review", cfg.reviewers_per_item, people, routing=cfg.routing,
+                                fallbacks=fallbacks)
         short = assigning.shortfall(conn, todo, "review", cfg.reviewers_per_item)
     counts: Counter[str] = Counter()
     if cfg.automated == "llm" and todo:
@@ -110,7 +112,8 @@ async def review_stage(ctx: RunContext) -> dict[str, Any]:
     waiting = _awaiting(ctx.store, cfg, "review", "generated")
     summary = {"automated": cfg.automated, "items_in_review": len(ctx.store.items(stage="generated")),
                "newly_assigned": sum(len(v) for v in made.values()), "reviewers": [u.name for u in people],
-               "items_short_of_reviewers": len(short), "automated_reviews": counts["judged"],
+               "items_short_of_reviewers": len(short), "routed_by_fallback": len(fallbacks),
+               "automated_reviews": counts["judged"],
                "judge_failures": counts["judge_failed"], "reviewed_total": ctx.store.stage_counts().get("reviewed", 0),
                "awaiting_reviewer": waiting}
     summary["markdown"] = _review_markdown(summary, cfg.reviewers_per_item)
@@ -128,6 +131,7 @@ def _review_markdown(s: dict[str, Any], n: int) -> str:
         lines.append("- **no reviewers registered**: add them with `medcot review add-user NAME --role reviewer`")
     if s["items_short_of_reviewers"]:
         lines.append(f"- {s['items_short_of_reviewers']} item(s) have fewer than {n} eligible reviewers")
+    lines += _fallback_lines(s)
     if s["awaiting_reviewer"]:
         lines.append("- **awaiting human review** (reviewer: items): " +
                      ", ".join(f"{k}: {v}" for k, v in sorted(s["awaiting_reviewer"].items())))
@@ -206,7 +210,9 @@ async def panel_stage(ctx: RunContext) -> dict[str, Any]:
     todo = [it.id for it in ctx.store.items(stage="escalated")]
     with ctx.store.transaction() as conn:
         people = assigning.pool(conn, cfg, "panel")
-        made = assigning.assign(conn, todo, "panel", cfg.panel.panelists_per_item, people)
+        fallbacks = set()
+        made = assigning.assign(conn, todo, "panel", cfg.panel.panelists_per_item, people, routing=cfg.routing,
+                                fallbacks=fallbacks)
         short = assigning.shortfall(conn, todo, "panel", cfg.panel.panelists_per_item)
     counts: Counter[str] = Counter()
     if cfg.automated == "llm" and todo:
@@ -217,11 +223,20 @@ async def panel_stage(ctx: RunContext) -> dict[str, Any]:
     summary = {"automated": cfg.automated, "escalated_after_failed_review": escalated_now,
                "in_panel": stages.get("escalated", 0), "newly_assigned": sum(len(v) for v in made.values()),
                "panelists": [u.name for u in people], "items_short_of_panelists": len(short),
+               "routed_by_fallback": len(fallbacks),
                "automated_scores": counts["scored"], "judge_failures": counts["judge_failed"],
                "regenerations": counts["regenerated"], "panel_done_total": stages.get("panel_done", 0),
                "awaiting_panelist": _awaiting(ctx.store, cfg, "panel", "escalated")}
     summary["markdown"] = _panel_markdown(summary)
     return summary
+
+
+def _fallback_lines(s: dict[str, Any]) -> list[str]:
+    if not s["routed_by_fallback"]:
+        return []
+    return [f"- **routing fallback**: {s['routed_by_fallback']} item(s) went to people outside their language/"
+            "specialty because too few fit (set profiles with `medcot review user set-profile`, or "
+            "review.routing.fallback=wait to hold them)"]
 
 
 def _panel_markdown(s: dict[str, Any]) -> str:
@@ -234,6 +249,9 @@ def _panel_markdown(s: dict[str, Any]) -> str:
                      f"unusable judgements: {s['judge_failures']}")
     if not s["panelists"] and s["in_panel"]:
         lines.append("- **no panelists registered**: add them with `medcot review add-user NAME --role panelist`")
+    if s["items_short_of_panelists"]:
+        lines.append(f"- {s['items_short_of_panelists']} item(s) have too few eligible panelists")
+    lines += _fallback_lines(s)
     if s["awaiting_panelist"]:
         lines.append("- **awaiting panelists** (panelist: items): " +
                      ", ".join(f"{k}: {v}" for k, v in sorted(s["awaiting_panelist"].items())))

@@ -176,7 +176,43 @@ def render_text(s: dict[str, Any]) -> str:
               "", "Per reviewer (phase: done/assigned):"]
     for name, phases in s["progress"]["reviewers"].items():
         lines.append(f"  {name}: " + ", ".join(f"{ph} {c['done']}/{c['assigned']}" for ph, c in sorted(phases.items())))
+    lines += staffing_lines(s.get("staffing")) + time_lines(s.get("expert_time"))
     v = s["validation"]
     lines += ["", f"Approved and expert-validated (>= 2 human approvals): {v['expert_validated']}; "
                   f"approved by automated reviewers only (NOT expert-validated): {v['automated_only']}"]
     return "\n".join(lines)
+
+
+def staffing_lines(staff: dict[str, Any] | None) -> list[str]:
+    """The staffing check (curation/review/accounts.py `staffing`) as text lines."""
+    if not staff:
+        return []
+    lines = ["", f"Staffing: shortfall {staff['shortfall']} item(s)"]
+    for phase in ("review", "panel", "adjudication"):
+        p = staff[phase]
+        line = (f"  {phase}: {p['open_items']} open, {p['unfilled']} awaiting assignment, {p['short']} short of "
+                f"eligible people (need {p['needed_per_item']} each)")
+        if p["short"]:
+            line += ": " + ", ".join(p["short_items"][:10]) + (" ..." if p["short"] > 10 else "")
+        lines.append(line)
+    return lines
+
+
+def time_lines(t: dict[str, Any] | None) -> list[str]:
+    """Expert time (curation/review/timing.py `expert_time`) as text lines."""
+    if not t:
+        return []
+    eta = "n/a (nobody submitted in the window)" if t["eta_days"] is None else f"{t['eta_days']} days"
+    lines = ["", f"Expert time (active, page served -> submit; last {t['window_days']} days for rates):",
+             "  backlog (submissions owed): " + ", ".join(f"{k} {v}" for k, v in t["backlog"].items()) +
+             f"; team {t['team_per_day']}/day; ETA {eta}"]
+    for name, r in t["reviewers"].items():
+        lines.append(f"  {name}: {r['submissions']} timed, median {fmt_minutes(r['median_minutes'])}, "
+                     f"{r['per_day']}/day")
+    lines.append(f"  per expert-validated item: median {fmt_minutes(t['median_minutes_per_validated_item'])} "
+                 f"({t['validated_items_timed']} items timed)")
+    return lines
+
+
+def fmt_minutes(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f} min"

@@ -34,6 +34,12 @@ from medcot.review_tables import RUBRIC_DIMENSIONS, AssignmentRow, DecisionRow, 
 from medcot.store import Store
 
 _FIELDS = ("relevance", "correctness", "sufficiency", "answer", "approve", "comment")
+MAX_COMMENT = 5000  # characters of a comment or a panelist's feedback (longer is refused, never cut)
+
+
+def check_length(name: str, value: str, limit: int = MAX_COMMENT) -> None:
+    if len(value) > limit:
+        raise ReviewError(f"{name} is too long: at most {limit} characters (got {len(value)})")
 
 
 @dataclass
@@ -57,10 +63,11 @@ def _same(row: dict, form: ReviewInput, proposal: dict | None) -> bool:
 
 def _insert_review(conn: Connection, item: Item, user: User, form: ReviewInput, phase: str, revision: str,
                    proposal: dict | None, blind: bool) -> None:
+    check_length("comment", form.comment)
     version = load_standard().version if (form.scores or form.difficulty or form.cognitive_level) else None
     conn.execute(insert(ReviewRow).values(item_id=item.id, user_id=user.id, phase=phase, relevance=form.relevance,
                                           correctness=form.correctness, sufficiency=form.sufficiency,
-                                          answer=form.answer, approve=form.approve, comment=form.comment[:5000],
+                                          answer=form.answer, approve=form.approve, comment=form.comment,
                                           revision_hash=revision, blind=blind, proposal=proposal,
                                           difficulty=form.difficulty, cognitive_level=form.cognitive_level,
                                           standard_version=version))
@@ -110,7 +117,7 @@ def submit_review(store: Store, item_id: str, user: User, form: ReviewInput, cfg
         stage = lock_item(conn, item_id)
         slots = _review_slots(conn, item_id)
         if user.id not in slots:
-            raise ReviewError("no such review assignment", 404)
+            raise ReviewError("not found", 404)  # the same answer as for a missing item
         item = get_item(conn, item_id)
         current = item_revision(conn, item)
         edits = effective_edits(conn, item, form.edits) if form.edits.any() else Edits()
@@ -188,7 +195,7 @@ def submit_adjudication(store: Store, item_id: str, user: User, form: ReviewInpu
                 return SubmitResult("already", stage)
             raise ReviewError("you already adjudicated this item", 409)
         if not may_adjudicate(conn, item_id, user):
-            raise ReviewError("no such adjudication assignment", 404)
+            raise ReviewError("not found", 404)  # the same answer as for a missing item
         if stage != "adjudication":
             raise ReviewError(f"item is not awaiting adjudication (stage {stage})", 409)
         current = item_revision(conn, item)

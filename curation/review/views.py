@@ -3,10 +3,13 @@
 Blindness lives here: a reviewer sees the item's base revision and only THEIR OWN review (never another
 reviewer's verdict, answer, comment or proposal, nor how many revisions there were); a panelist sees the item,
 the model's five-strike history, the model's CoT versions and only their own rubric scores (never the initial
-reviewers' votes or proposals, never another panelist's scores); adjudicators and admins see everything. Who may open what is decided by `phase_access`, used by every page and API route.
+reviewers' votes or proposals, never another panelist's scores); adjudicators and admins see everything, but an
+adjudicator who is not an admin sees the others as "reviewer 1", "panelist 2" (`pseudonyms`), never their names.
+Who may open what is decided by `phase_access`, used by every page and API route.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -77,15 +80,42 @@ def own_scores(conn: Connection, item_id: str, user: User) -> dict[int, dict[str
     return out
 
 
-def all_scores(conn: Connection, item_id: str) -> list[dict[str, Any]]:
+Labels = Callable[[str, int], str]  # (role, n) -> "reviewer 1"; role "you" for the viewer
+
+
+def pseudonyms(t: Callable[..., str]) -> Labels:
+    """Labels in the viewer's interface language (t: i18n.translator)."""
+    return lambda role, n: t(f"pseudonym_{role}", n=n)
+
+
+class _Names:
+    """A person's name, or (with labels) their pseudonym: numbered per role in order of first appearance."""
+
+    def __init__(self, labels: Labels | None, viewer: User | None):
+        self.labels, self.viewer = labels, viewer
+        self.seen: dict[int, tuple[str, int]] = {}
+
+    def __call__(self, user_id: int | None, role: str, name: str | None) -> str | None:
+        if self.labels is None or user_id is None:  # no user: the LLM
+            return name
+        if self.viewer is not None and user_id == self.viewer.id:
+            return self.labels("you", 0)
+        if user_id not in self.seen:
+            self.seen[user_id] = (role, 1 + sum(r == role for r, _ in self.seen.values()))
+        return self.labels(*self.seen[user_id])
+
+
+def all_scores(conn: Connection, item_id: str, names: _Names | None = None) -> list[dict[str, Any]]:
     rows = conn.execute(select(RubricScoreRow.round, RubricScoreRow.dimension, RubricScoreRow.score, UserRow.name,
-                               RubricScoreRow.phase)
+                               RubricScoreRow.phase, RubricScoreRow.user_id)
                         .join(UserRow, UserRow.id == RubricScoreRow.user_id)
                         .where(RubricScoreRow.item_id == item_id)).all()
-    table: dict[tuple[int, str, str], dict[str, Any]] = {}
-    for rnd, dim, score, name, phase in rows:
-        table.setdefault((rnd, phase, name), {"round": rnd, "user": f"{name} ({phase})"})[dim] = score
-    return [table[k] for k in sorted(table)]
+    names = names or _Names(None, None)
+    table: dict[tuple[int, str, int], dict[str, Any]] = {}
+    for rnd, dim, score, name, phase, uid in sorted(rows, key=lambda r: (r[0], r[4], r[3])):
+        who = names(uid, "reviewer" if phase == "review" else "panelist", name)
+        table.setdefault((rnd, phase, uid), {"round": rnd, "user": f"{who} ({phase})"})[dim] = score
+    return list(table.values())
 
 
 def review_context(conn: Connection, item_id: str, user: User, rubric: bool = True) -> dict[str, Any]:
@@ -97,12 +127,13 @@ def review_context(conn: Connection, item_id: str, user: User, rubric: bool = Tr
     return {"item": item, "mine": mine, "standard": load_standard().for_language(item["language"]) if rubric else None}
 
 
-def regeneration_error(conn: Connection, item_id: str) -> str | None:
-    """The error of the last failed guided regeneration, if none succeeded since."""
-    rows = conn.execute(select(EventRow.kind, EventRow.payload).where(
+def regeneration_failed(conn: Connection, item_id: str) -> bool:
+    """Whether the last guided regeneration failed (none succeeded since). Panelists learn only that; the error
+    (an upstream message, maybe an endpoint URL) is in the audit log for admins."""
+    last = conn.scalar(select(EventRow.kind).where(
         EventRow.item_id == item_id, EventRow.kind.in_(("regenerated", "regeneration_failed")))
-        .order_by(EventRow.id.desc()).limit(1)).first()
-    return str(rows[1].get("error")) if rows and rows[0] == "regeneration_failed" else None
+        .order_by(EventRow.id.desc()).limit(1))
+    return last == "regeneration_failed"
 
 
 def panel_context(conn: Connection, item_id: str, user: User, cfg: Any) -> dict[str, Any]:
@@ -115,19 +146,29 @@ def panel_context(conn: Connection, item_id: str, user: User, cfg: Any) -> dict[
             "my_scores": own_scores(conn, item_id, user), "dimensions": RUBRIC_DIMENSIONS,
             "mine": mine, "panel_status": state.status, "editor": user.id in editors(conn, item_id),
             "pending_others": len([u for u in state.pending if u != user.id]),
-            "regen_error": regeneration_error(conn, item_id) if state.status == "regenerate" else None}
+            "regen_failed": state.status == "regenerate" and regeneration_failed(conn, item_id)}
 
 
-def full_context(conn: Connection, item_id: str) -> dict[str, Any]:
-    """Everything about an item (adjudicators and admins)."""
-    return {"item": item_core(conn, item_id), "attempts": attempts(conn, item_id),
-            "reviews": reviews_of(conn, item_id), "cots": cot_history(conn, item_id),
-            "revisions": revisions(conn, item_id), "scores": all_scores(conn, item_id),
-            "panel": sorted(panel_decisions(conn, item_id), key=lambda d: d["id"]), "dimensions": RUBRIC_DIMENSIONS}
+def full_context(conn: Connection, item_id: str, labels: Labels | None, viewer: User | None) -> dict[str, Any]:
+    """Everything about an item (adjudicators and admins); with `labels`, people are shown by pseudonym."""
+    names = _Names(labels, viewer)
+    reviews = reviews_of(conn, item_id)
+    for r in sorted(reviews, key=lambda r: (r["phase"] != "review", r["id"])):
+        r["user_name"] = names(r["user_id"], "reviewer" if r["phase"] == "review" else "adjudicator", r["user_name"])
+    panel = sorted(panel_decisions(conn, item_id), key=lambda d: d["id"])
+    for d in panel:
+        d["name"] = names(d["user_id"], "panelist", d["name"])
+    history = revisions(conn, item_id)
+    for r in history:
+        r["user_name"] = names(r["user_id"], "panelist", r["user_name"])
+    return {"item": item_core(conn, item_id), "attempts": attempts(conn, item_id), "reviews": reviews,
+            "cots": cot_history(conn, item_id), "revisions": history, "scores": all_scores(conn, item_id, names),
+            "panel": panel, "dimensions": RUBRIC_DIMENSIONS}
 
 
 def my_assignments(conn: Connection, user: User) -> list[dict[str, Any]]:
-    rows = conn.execute(select(AssignmentRow.item_id, AssignmentRow.phase, ItemRow.stage, ItemRow.question)
+    rows = conn.execute(select(AssignmentRow.item_id, AssignmentRow.phase, ItemRow.stage, ItemRow.question,
+                               ItemRow.language)
                         .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
                         .where(AssignmentRow.user_id == user.id).order_by(AssignmentRow.id)).mappings().all()
     done = {(r, p) for r, p in conn.execute(select(ReviewRow.item_id, ReviewRow.phase)
@@ -143,6 +184,7 @@ def my_assignments(conn: Connection, user: User) -> list[dict[str, Any]]:
         else:
             is_done = (r["item_id"], r["phase"]) in done
         out.append({"item_id": r["item_id"], "phase": r["phase"], "question": r["question"][:140],
+                    "language": r["language"],
                     "done": is_done, "open": r["stage"] == open_stage and not is_done})
     return out
 
