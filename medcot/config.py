@@ -392,6 +392,9 @@ class ReviewConfig:
     trusted_proxies: list[str] = field(default_factory=list, metadata={
         "help": "addresses/CIDRs of reverse proxies whose X-Forwarded-For names the client (default: none)"})
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    triage: bool = field(default=False, metadata={
+        "help": "an LLM judge reads each item in initial review first; its doubts order the experts' queues "
+                "(most doubtful first). It never reviews, approves or counts toward anything"})
     max_active_minutes: float = field(default=20.0, metadata={
         "help": "expert time of one submission is page served -> submit, capped at this (longer = idle)"})
     automated: str = field(default="none", metadata={

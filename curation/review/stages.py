@@ -18,6 +18,7 @@ from curation.review.panel import panel_state, pending_regenerations, regenerate
 from curation.review.records import PanelInput, ReviewError, ReviewInput, User
 from curation.review.stats import validation_counts
 from curation.review.submit import submit_review
+from curation.review.triage import triage
 from medcot.config import ReviewConfig
 from medcot.llm import gather_all
 from medcot.pipeline import RunContext, stage
@@ -109,12 +110,15 @@ async def review_stage(ctx: RunContext) -> dict[str, Any]:
     counts: Counter[str] = Counter()
     if cfg.automated == "llm" and todo:
         counts = await _automated_reviews(ctx, people)
+    elif cfg.triage and todo:
+        counts = await triage(ctx.store, _judge(ctx), ctx.progress)
     waiting = _awaiting(ctx.store, cfg, "review", "generated")
     summary = {"automated": cfg.automated, "items_in_review": len(ctx.store.items(stage="generated")),
                "newly_assigned": sum(len(v) for v in made.values()), "reviewers": [u.name for u in people],
                "items_short_of_reviewers": len(short), "routed_by_fallback": len(fallbacks),
                "automated_reviews": counts["judged"],
-               "judge_failures": counts["judge_failed"], "reviewed_total": ctx.store.stage_counts().get("reviewed", 0),
+               "judge_failures": counts["judge_failed"], "triaged": counts["triage"],
+               "triage_failures": counts["triage_failed"], "reviewed_total": ctx.store.stage_counts().get("reviewed", 0),
                "awaiting_reviewer": waiting}
     summary["markdown"] = _review_markdown(summary, cfg.reviewers_per_item)
     return summary
@@ -127,6 +131,9 @@ def _review_markdown(s: dict[str, Any], n: int) -> str:
     if s["automated"] == "llm":
         lines.append(f"- automated (LLM judge) reviews this run: {s['automated_reviews']}; "
                      f"unusable judgements: {s['judge_failures']}")
+    if s["triaged"] or s["triage_failures"]:
+        lines.append(f"- triage (LLM judge; orders the queues, never a review or an approval): {s['triaged']} "
+                     f"item(s) this run, {s['triage_failures']} unusable judgement(s)")
     if not s["reviewers"]:
         lines.append("- **no reviewers registered**: add them with `medcot review add-user NAME --role reviewer`")
     if s["items_short_of_reviewers"]:

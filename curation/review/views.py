@@ -31,6 +31,7 @@ from curation.review.panel import panel_state
 from curation.review.records import ReviewError, User
 from curation.review.standard import load_standard
 from curation.review.submit import may_adjudicate
+from curation.review.triage import doubts
 from medcot.db import EventRow, ItemRow
 from medcot.review_tables import RUBRIC_DIMENSIONS, AssignmentRow, ReviewRow, RubricScoreRow, UserRow
 
@@ -186,7 +187,16 @@ def my_assignments(conn: Connection, user: User) -> list[dict[str, Any]]:
         out.append({"item_id": r["item_id"], "phase": r["phase"], "question": r["question"][:140],
                     "language": r["language"],
                     "done": is_done, "open": r["stage"] == open_stage and not is_done})
-    return out
+    return _triage_order(conn, out)
+
+
+def _triage_order(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """With review.triage, open initial reviews come most doubtful first (the judge's doubt itself is never
+    shown: no anchoring); without triage events the order is the assignment order."""
+    doubt = doubts(conn, [r["item_id"] for r in rows if r["phase"] == "review" and r["open"]])
+    if not doubt:
+        return rows
+    return sorted(rows, key=lambda r: (r["phase"] != "review" or not r["open"], -doubt.get(r["item_id"], -1.0)))
 
 
 def api_item(conn: Connection, item_id: str, user: User) -> dict[str, Any]:
