@@ -5,6 +5,7 @@ cache makes an interrupted request free to repeat.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
@@ -25,7 +26,9 @@ class GenerateSummary:
     no_answer: int = 0
     agree_with_key: int = 0
     disagree_with_key: int = 0
-    truncated: int = 0
+    truncated: int = 0  # CoTs stored although cut at max_tokens (generate.keep_truncated)
+    retried_truncated: int = 0  # CoTs cut at max_tokens and asked again with a larger budget
+    held_truncated: int = 0  # still cut (or empty) after the retry: not stored, never reviewed
     matched_by: dict[str, int] = field(default_factory=dict)
 
     def count(self, gen: Generation, finish_reason: str | None) -> None:
@@ -63,8 +66,20 @@ def parse_cot(item: Item, content: str, reasoning: str | None, finish_reason: st
 
 async def generate_one(client: LLMClient, store: Store, item: Item, cfg: GenerateConfig, model: str,
                        summary: GenerateSummary) -> None:
+    """One CoT. A reply cut at max_tokens (a reasoning model that thinks past its budget leaves an empty or
+    half-written explanation) is asked again once with `truncated_retry_factor` times the budget; still cut, it
+    is held: no generation is stored, so the item never reaches the experts (a rerun asks the same cached
+    requests, and a rerun with a larger max_tokens writes it). Both requests are cached like any other."""
     req = cot_request(item, cfg, model)
     result = await client.chat(req)
+    if result.finish_reason == "length" and cfg.truncated_retry_factor > 1:
+        summary.retried_truncated += 1
+        budget = int(cfg.sampling.max_tokens * cfg.truncated_retry_factor)
+        req = dataclasses.replace(req, params={**req.params, "max_tokens": budget})
+        result = await client.chat(req)
+    if not result.content.strip() or (result.finish_reason == "length" and not cfg.keep_truncated):
+        summary.held_truncated += 1
+        return
     gen = parse_cot(item, result.content, result.reasoning, result.finish_reason, result.call_id,
                     req.prompt_version)
     if store.save_generation(gen):

@@ -135,17 +135,20 @@ async def run_specialty(store: Store, client: LLMClient | None, cfg: SpecialtyCo
     todo = [it for it in items if it.specialty is None]
     summary.todo = len(todo)
     ask: list[Item] = []
+    mapped: list[tuple[str, str, Event]] = []
     for it in todo:
         key = tax.from_subject(it.subject) if cfg.use_subject_map else None
         if key is not None:
-            store.set_specialty(it.id, key, _event(it.id, key, "subject_map", tax, {"subject": it.subject}))
-            summary.by_subject_map += 1
+            mapped.append((it.id, key, _event(it.id, key, "subject_map", tax, {"subject": it.subject})))
         elif (it.id, specialty_request(it, tax, cfg, model).prompt_version) in failed_before:
             summary.skipped_failed_before += 1
         else:
             ask.append(it)
     if ask and client is None:
         raise RuntimeError("specialty: items need the LLM but no client was given")
+    for start in range(0, len(mapped), 500):  # one transaction per 500, not one per item
+        store.set_specialties(mapped[start:start + 500])
+    summary.by_subject_map = len(mapped)
 
     async def one(it: Item) -> None:
         req = specialty_request(it, tax, cfg, model)

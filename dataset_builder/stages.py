@@ -4,11 +4,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from dataset_builder.build import build_release
 from medcot.pipeline import RunContext, stage
 
 
 async def build_stage(ctx: RunContext, folder: str = "release") -> dict[str, Any]:
+    # imported here: the builder pulls in datasets, pandas and matplotlib (~3 s), which every `medcot run` would
+    # otherwise pay at start-up when the stages register, whether it builds or not
+    from dataset_builder.build import build_release
     result = await asyncio.to_thread(build_release, ctx.store, ctx.cfg.build, ctx.out_dir / folder)
     summary = result.summary()
     return {"release_dir": summary["release_dir"], "markdown": summary["markdown"]}

@@ -156,6 +156,15 @@ class GenerateConfig:
     prompt: str = "cot"
     model: str = field(default="", metadata={"help": "the model that writes CoTs (an llm.models name; '' = default)"})
     limit: int | None = field(default=None, metadata={"help": "generate for at most N items (None = all)"})
+    truncated_retry_factor: float = field(default=2.0, metadata={
+        "help": "a CoT cut at max_tokens is asked again once with this many times the budget (1 = no retry)"})
+    keep_truncated: bool = field(default=False, metadata={
+        "help": "a CoT still cut after the retry: false = held (never reviewed, counted in the report; a rerun "
+                "with a larger budget writes it); true = reviewed as it is (tiny demo models). Empty: always held"})
+
+    def __post_init__(self) -> None:
+        if self.truncated_retry_factor < 1:
+            raise ConfigError("generate.truncated_retry_factor must be >= 1")
 
 
 @dataclass

@@ -10,21 +10,26 @@ In-process (tests):
 
 Separate process (benchmarks): `python -m medcot.scripted_server --port 0 [--mode echo]` prints
 `READY http://127.0.0.1:PORT/v1` on stdout once listening, and serves until SIGTERM/SIGINT. Modes `unparseable`
-and `wrong --keys SEEDS.jsonl` are adversarial models for end-to-end robustness tests.
+and `wrong --keys SEEDS.jsonl` are adversarial models for end-to-end robustness tests; `--mode r1 [options]`
+is the DeepSeek-R1 rehearsal server of `medcot.rehearsal` (its options: `python -m medcot.rehearsal -h`).
 
 A behaviour is one of Reply, Status, Hang, Malformed, Drop, an aiohttp `web.Response`, a dict (sent as the
-JSON body as is) or a str (shorthand for Reply(str)). A responder is `(request_json) -> behaviour`.
+JSON body as is) or a str (shorthand for Reply(str)). A responder is `(request_json) -> behaviour`, or
+`(request_json) -> awaitable of a behaviour` (the rehearsal server waits there for its emulated GPU).
+`await srv.kill()` closes the socket and every open connection (clients see the connection refused or reset);
+`await srv.revive()` listens again on the same port.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import re
 import signal
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +40,7 @@ from aiohttp import web
 class Reply:
     """A normal chat completion; reasoning goes in vLLM's `reasoning` and/or DeepSeek's `reasoning_content`."""
 
-    content: str = "The answer is (A)."
+    content: str | None = "The answer is (A)."  # None: vLLM's null content (a reply cut while thinking)
     reasoning: str | None = None
     reasoning_content: str | None = None
     prompt_tokens: int = 42
@@ -73,7 +78,7 @@ class Drop:
 
 
 Behaviour = Reply | Status | Hang | Malformed | Drop | web.StreamResponse | dict | str
-Responder = Callable[[dict[str, Any]], Behaviour]
+Responder = Callable[[dict[str, Any]], Behaviour | Awaitable[Behaviour]]
 
 
 def completion(reply: Reply, model: str = "scripted") -> dict[str, Any]:
@@ -112,7 +117,9 @@ class ScriptedServer:
         self.bodies: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.alive = False
         self._runner: web.AppRunner | None = None
+        self._transports: set[asyncio.BaseTransport] = set()
 
     @property
     def base_url(self) -> str:
@@ -137,12 +144,26 @@ class ScriptedServer:
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
+        self.alive = True
         return self.base_url
 
     async def stop(self) -> None:
+        self.alive = False
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def kill(self) -> None:
+        """Die like a crashed replica: abort every request in flight, stop listening (connection refused)."""
+        self.alive = False
+        for transport in list(self._transports):
+            transport.abort()
+        self._transports.clear()
+        await self.stop()
+
+    async def revive(self) -> str:
+        """Come back on the same port after `kill`."""
+        return await self.start()
 
     async def __aenter__(self) -> ScriptedServer:
         await self.start()
@@ -164,6 +185,9 @@ class ScriptedServer:
         self.by_path[request.path] += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        transport = request.transport
+        if transport is not None:
+            self._transports.add(transport)
         try:
             if self.fast_echo and not self.queue:
                 await request.read()
@@ -172,9 +196,13 @@ class ScriptedServer:
             if self.record_bodies:
                 self.bodies.append(body)
             behaviour = self.queue.popleft() if self.queue else self.responder(body)
+            if inspect.isawaitable(behaviour):
+                behaviour = await behaviour
             return await self._perform(request, behaviour, str(body.get("model", "scripted")))
         finally:
             self.in_flight -= 1
+            if transport is not None:
+                self._transports.discard(transport)
 
     async def _perform(self, request: web.Request, b: Behaviour, model: str) -> web.StreamResponse:
         if isinstance(b, web.StreamResponse):
@@ -279,14 +307,31 @@ async def _serve(host: str, port: int, mode: str, keys: list[str] | None = None)
     await server.stop()
 
 
+def _r1_args(argv: list[str]) -> list[str] | None:
+    """The arguments without `--mode r1` when that is the mode asked for, else None."""
+    for i, arg in enumerate(argv):
+        if arg == "--mode=r1":
+            return argv[:i] + argv[i + 1:]
+        if arg == "--mode" and argv[i + 1:i + 2] == ["r1"]:
+            return argv[:i] + argv[i + 2:]
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
+    import sys
+    args_in = sys.argv[1:] if argv is None else argv
+    if (r1_args := _r1_args(args_in)) is not None:
+        from medcot.rehearsal import main as rehearsal_main  # the R1 rehearsal server has its own options
+        rehearsal_main(r1_args)
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 = a free port (printed in the READY line)")
-    parser.add_argument("--mode", choices=["echo", "unparseable", "wrong"], default="echo",
-                        help="echo: a fixed answer; unparseable: never a letter nor JSON; wrong: never the key")
+    parser.add_argument("--mode", choices=["echo", "unparseable", "wrong", "r1"], default="echo",
+                        help="echo: a fixed answer; unparseable: never a letter nor JSON; wrong: never the key; "
+                             "r1: the DeepSeek-R1 rehearsal server (medcot.rehearsal, its own options)")
     parser.add_argument("--keys", nargs="*", default=[], help="wrong mode: seed JSONL files holding the keys")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
     try:
         import uvloop  # type: ignore[import-not-found]
         uvloop.install()

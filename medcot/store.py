@@ -266,9 +266,14 @@ class Store:
         return [Candidate(**{k: r[k] for k in Candidate.__slots__}) for r in rows]  # type: ignore[attr-defined]
 
     def set_specialty(self, item_id: str, specialty: str, ev: Event) -> None:
+        self.set_specialties([(item_id, specialty, ev)])
+
+    def set_specialties(self, assigned: list[tuple[str, str, Event]]) -> None:
+        """Several (item, specialty, event) assignments in ONE transaction."""
         with self.transaction() as conn:
-            conn.execute(ItemRow.__table__.update().where(ItemRow.id == item_id).values(specialty=specialty))
-            self.log_event(ev, conn)
+            for item_id, specialty, ev in assigned:
+                conn.execute(ItemRow.__table__.update().where(ItemRow.id == item_id).values(specialty=specialty))
+                self.log_event(ev, conn)
 
     def save_attempt(self, attempt: Attempt, new_stage: str | None = None, ev: Event | None = None) -> bool:
         """A five-strike attempt, with the item's stage change and its event when it resolves the item, in

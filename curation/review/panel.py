@@ -12,6 +12,7 @@ Scores of a round are never shown to the other panelists of that round (blind un
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -195,10 +196,19 @@ async def regenerate(store: Store, client: LLMClient, gen_cfg: GenerateConfig, m
     req = cot_request(item, gen_cfg, model, stage="regenerate", extra_user=extra)
     req.prompt_version = f"{req.prompt_version}+{tag}"
     result = await client.chat(req)
+    if result.finish_reason == "length" and gen_cfg.truncated_retry_factor > 1:  # as in generation
+        req = dataclasses.replace(req, params={
+            **req.params, "max_tokens": int(gen_cfg.sampling.max_tokens * gen_cfg.truncated_retry_factor)})
+        result = await client.chat(req)
+    cut = not result.content.strip() or (result.finish_reason == "length" and not gen_cfg.keep_truncated)
     with store.transaction() as conn:
         lock_item(conn, item_id)
         now = panel_state(conn, item_id, cfg)
         if now.round != state.round or now.status != "regenerate":
+            return False
+        if cut:  # an empty or half-written CoT never replaces the one the panel judged
+            record_outcome(conn, item_id, "adjudication", cfg,
+                           reason="regeneration cut at max_tokens: the model returned no complete CoT")
             return False
         if not save_cot(conn, get_item(conn, item_id), result.content, None, kind="regenerated",
                         call_id=result.call_id, reasoning=result.reasoning, prompt_version=req.prompt_version,
