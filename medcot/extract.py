@@ -421,10 +421,10 @@ def split_think(text: str) -> tuple[str | None, str, bool]:
 def extract_answer(response: str | None, options: Mapping[str, str] | Sequence[str], *,
                    finish_reason: str | None = None) -> Extraction:
     """The committed final answer letter of ``response``, or None with the reason (see module doc)."""
+    if finish_reason == "length":  # first: a reasoning model cut while thinking leaves no content at all
+        return Extraction(None, "none:truncated")
     if response is None or not response.strip():
         return Extraction(None, "none:empty")
-    if finish_reason == "length":
-        return Extraction(None, "none:truncated")
     _, outside, closed = split_think(response)
     if not closed:
         return Extraction(None, "none:truncated")

@@ -349,3 +349,27 @@ def test_command_line_serves_r1_replicas(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_a_truncated_rehearsal_reply_is_never_a_strike(keys: AnswerKeys, tmp_path: Path) -> None:
+    """Five-strike against a rehearsal replica that thinks past every budget: each attempt is cut (and retried
+    with twice the budget, cut again), stored as truncated, never a strike: the item is held, not escalated."""
+    from curation.strikes import run_strikes
+    from medcot.config import StrikesConfig
+    from medcot.records import Item
+    from medcot.store import Store
+    store = Store(str(tmp_path / "s.db"))
+    rec = seeds("en")[0]
+    store.add_items([Item(id=rec["id"], family_id=rec["id"], language="en", question=rec["question"],
+                          options=rec["options"], answer=rec["answer"], stage="reviewed")])
+    cfg = R1Config(time_scale=500, think=ThinkLengths(median=5000, sigma=0.01, minimum=4000))
+    strikes = StrikesConfig(eligible_stages=["reviewed"])
+    strikes.sampling.max_tokens = 300  # thinking of ~5,000 tokens never fits, even at 600
+    async with RehearsalFleet(cfg, 1, keys) as fleet, LLMClient(llm_cfg(fleet.urls), store) as client:
+        summary = await run_strikes(store, client, strikes, "r1", progress=False)
+    attempts = store.attempts(0)
+    assert attempts and all(a.matched_by == "none:truncated" and a.letter is None and not a.correct
+                            for a in attempts)
+    assert summary.escalated == 0 and summary.held_truncated == 1
+    assert store.items()[0].stage == "reviewed"  # held: neither passed nor sent to the panel
+    store.close()
