@@ -16,12 +16,12 @@ async def build_stage(ctx: RunContext, folder: str = "release") -> dict[str, Any
     return {"release_dir": summary["release_dir"], "markdown": summary["markdown"]}
 
 
-@stage("build")
+@stage("build", warm="dataset_builder.build")
 async def _build(ctx: RunContext) -> dict[str, Any]:
     return await build_stage(ctx)
 
 
-@stage("export")
+@stage("export", warm="dataset_builder.build")
 async def _export(ctx: RunContext) -> dict[str, Any]:
     """The same release builder as the `build` stage, kept under its old name for configs that list `export`;
     configs whose later stages read the release (train, eval) list `build`."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,13 +44,32 @@ class RunContext:
 
 StageFn = Callable[[RunContext], Awaitable[Any]]
 STAGES: dict[str, tuple[StageFn, bool]] = {}  # name -> (function, needs the LLM)
+WARM: dict[str, str] = {}  # stage -> a heavy module it imports when it runs
 
 
-def stage(name: str, needs_llm: bool = False) -> Callable[[StageFn], StageFn]:
+def stage(name: str, needs_llm: bool = False, warm: str | None = None) -> Callable[[StageFn], StageFn]:
+    """Register a stage. `warm`: a slow-to-import module the stage needs; a run that lists the stage imports it
+    in a background thread from the start (while the LLM stages wait on the network), not when the stage
+    begins, and `medcot run` start-up never pays for it (Python's import lock makes the stage wait if the
+    import is still going)."""
     def register(fn: StageFn) -> StageFn:
         STAGES[name] = (fn, needs_llm)
+        if warm:
+            WARM[name] = warm
         return fn
     return register
+
+
+def warm_imports(names: list[str]) -> None:
+    for module in dict.fromkeys(WARM[n] for n in names if n in WARM):
+        threading.Thread(target=_warm, args=(module,), name=f"warm-{module}", daemon=True).start()
+
+
+def _warm(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 (the stage imports it again when it runs, and fails there, clearly)
+        return
 
 
 STAGE_ENTRY_POINTS = "medcot.stages"  # each package names, in its pyproject entry points, the modules
@@ -134,6 +155,7 @@ def run_pipeline(cfg: Config, progress: bool = True) -> dict[str, Any]:
     ctx = RunContext(cfg=cfg, store=store, out_dir=out_dir, progress=progress)
     start = time.perf_counter()
     needs_llm = any(STAGES[n][1] for n in cfg.run.stages)
+    warm_imports(cfg.run.stages)
     server = LazyServer(cfg, out_dir / "logs") if needs_llm and cfg.server.managed else None
     if server is not None:
         ctx.server = server.settings
