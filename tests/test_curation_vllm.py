@@ -22,7 +22,7 @@ SEEDS = Path(__file__).resolve().parents[1] / "data" / "seeds"
 
 
 def configs() -> tuple[GenerateConfig, ExpandConfig, StrikesConfig]:
-    gen = GenerateConfig()
+    gen = GenerateConfig(truncated_retry_factor=1, keep_truncated=True)  # the tiny model, as in the demo config
     gen.sampling.max_tokens = 128
     exp = ExpandConfig(factor=2)
     exp.facts_sampling.max_tokens = 192
